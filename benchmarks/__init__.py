@@ -1,0 +1,1 @@
+"""unetsep.benchmarks: latency per frame and separation quality."""

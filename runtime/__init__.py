@@ -1,0 +1,1 @@
+"""unetsep.runtime: the deployable part (numpy, onnxruntime, soundfile, sounddevice, soxr only)."""

@@ -1,0 +1,1 @@
+"""unetsep.train: the default dataset renderer, the Keras U-Net and its training loop."""
