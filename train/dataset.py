@@ -1,0 +1,131 @@
+"""MUSDB18-layout data (MUSDB18, MUSDB18-HQ, the rendered default) as streamed training frames.
+
+Tracks are opened with the `musdb` package and read in short random excerpts (musdb's
+`chunk_start`/`chunk_duration`), so memory holds a shuffle buffer of frames, never the dataset.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.contract import TARGETS
+from ..runtime.errors import UserError
+
+SETUP_FILE = "setup.yaml"  # a rendered dataset names its validation tracks here
+CHUNK_SECONDS = 1.0  # one excerpt: 1 s of audio, both channels -> ~1378 frames of 64 samples
+
+
+def _layout(root: Path) -> bool:
+    """True for wav (MUSDB18-HQ / rendered), False for .stem.mp4 (MUSDB18); raise otherwise."""
+    if not root.is_dir():
+        raise UserError(f"--data {root}: no such folder; render one with 'unetsep data --out {root}'")
+    subsets = [root / s for s in ("train", "test") if (root / s).is_dir()]
+    if any(any(p.glob("*/mixture.wav")) for p in subsets):
+        return True
+    if any(any(p.glob("*.stem.mp4")) for p in subsets):
+        return False
+    raise UserError(f"--data {root} is not a MUSDB18 layout (expected train/<track>/mixture.wav "
+                    f"or train/<track>.stem.mp4); render one with 'unetsep data --out DIR'")
+
+
+def open_db(root: str | Path, subsets: str | list[str] = "train", split: str | None = None,
+            target: str = "drums", sample_rate: int | None = None):
+    """musdb.DB over `root` with musdb's own splits; checks the target stem and sample rate."""
+    import musdb
+
+    root = Path(root)
+    is_wav = _layout(root)
+    if target not in TARGETS:
+        raise UserError(f"unknown --target {target!r}: choose one of {', '.join(TARGETS)}")
+    setup = SETUP_FILE if (root / SETUP_FILE).is_file() else None
+    db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split, setup_file=setup)
+    for track in db.tracks:
+        if target not in track.sources:
+            raise UserError(f"track {track.name!r} in {root} has no {target} stem "
+                            f"({target}.wav); pick another --target or fix the dataset")
+        if sample_rate is not None and int(track.rate) != sample_rate:
+            raise UserError(f"track {track.name!r} is at {int(track.rate)} Hz but the model runs at "
+                            f"{sample_rate} Hz; resample the dataset (e.g. sox/ffmpeg -ar {sample_rate})")
+    return db
+
+
+def frames_of(audio: np.ndarray, frame: int) -> np.ndarray:
+    """(samples, channels) -> (n, frame, 1): consecutive frames of every channel as mono examples."""
+    n = audio.shape[0] // frame
+    x = audio[: n * frame].T.reshape(audio.shape[1] * n, frame)  # channel-major, (C*n, frame)
+    return x[..., None].astype(np.float32)
+
+
+def read_excerpt(track, target: str, start: float, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mixture, target) of one excerpt, each (samples, channels) float.
+
+    Wav tracks are read with soundfile from the paths musdb lists (musdb itself decodes every
+    read through an ffmpeg process, which would cost more CPU than the training step); stem
+    files go through musdb's own chunked reading.
+    """
+    if track.is_wav:
+        import soundfile as sf
+
+        a, b = int(start * track.rate), int((start + seconds) * track.rate)
+        mix, _ = sf.read(track.path, start=a, stop=b, dtype="float32", always_2d=True)
+        tgt, _ = sf.read(track.sources[target].path, start=a, stop=b, dtype="float32", always_2d=True)
+        return mix, tgt
+    track.chunk_start, track.chunk_duration = start, seconds
+    try:
+        return track.audio, track.targets[target].audio
+    finally:
+        track.chunk_start, track.chunk_duration = 0, None
+
+
+def excerpt_stream(tracks: list, target: str, frame: int, seed: int):
+    """Endless (mix_frames, target_frames) arrays from random excerpts of random tracks.
+
+    Tracks are drawn in proportion to their duration, so every second of music is equally likely.
+    """
+    durations = np.array([t.duration for t in tracks], dtype=float)
+    weights = durations / durations.sum()
+    rng = np.random.default_rng(seed)
+    while True:
+        i = rng.choice(len(tracks), p=weights)
+        seconds = min(CHUNK_SECONDS, durations[i])
+        start = float(rng.uniform(0, durations[i] - seconds))
+        mix, tgt = read_excerpt(tracks[i], target, start, seconds)
+        yield frames_of(mix, frame), frames_of(tgt, frame)
+
+
+def training_dataset(tracks: list, target: str, frame: int, batch_size: int, seed: int,
+                     shuffle_frames: int = 32768):
+    """tf.data: excerpts -> frames (both channels) -> shuffled -> batches -> prefetched.
+
+    Peak memory is the shuffle buffer (32768 frames = 8 MB for mix and target), whatever the
+    number of tracks.
+    """
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, frame, 1), tf.float32)
+    ds = tf.data.Dataset.from_generator(lambda: excerpt_stream(tracks, target, frame, seed),
+                                        output_signature=(spec, spec))
+    ds = ds.unbatch().shuffle(shuffle_frames, seed=seed).batch(batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_frames(tracks: list, target: str, frame: int, max_frames: int = 65536,
+                      seconds: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed validation examples: frames of (up to) the first `seconds` of each validation track,
+    evenly thinned to at most `max_frames` so that validation costs the same on any dataset."""
+    xs, ys = [], []
+    for t in tracks:
+        mix, tgt = read_excerpt(t, target, 0.0, min(seconds, t.duration))
+        xs.append(frames_of(mix, frame))
+        ys.append(frames_of(tgt, frame))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    keep = np.linspace(0, len(x) - 1, min(len(x), max_frames)).astype(int)
+    return x[keep], y[keep]
+
+
+def total_frames(tracks: list, frame: int) -> int:
+    """Frames in one pass over `tracks`, both channels (MUSDB18 is stereo): the size of an epoch."""
+    return int(sum(t.duration * t.rate // frame * 2 for t in tracks))

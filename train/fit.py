@@ -1,0 +1,220 @@
+"""`unetsep train`: fit the U-Net on streamed MUSDB-layout data; resumable after a kill.
+
+A run directory holds:
+    config.json            the UNetConfig (hyper-parameters) plus where and how it was trained
+    history.csv            epoch, train MAE, validation MAE, seconds, frames/s
+    loss.png               train and validation MAE per epoch
+    checkpoint/epoch-NNNN.keras   the last finished epoch (model + optimizer state)
+    model.keras            the trained model, written when the last epoch is done
+
+Every file is written to a temporary name and renamed, so a SIGKILL leaves the previous epoch's
+files intact; the same command then resumes after the last finished epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..runtime.errors import UserError
+from .model import UNetConfig, build_unet, compile_unet, preset
+
+CHECKPOINTS = "checkpoint"
+HISTORY_FIELDS = ("epoch", "loss", "val_loss", "seconds", "frames_per_s")
+# Fields that must match for a run directory to be resumed with a new command line.
+RESUME_KEYS = ("preset", "target", "frame", "context", "filters", "kernel_size", "stride",
+               "batch_size", "learning_rate")
+
+
+def configure_cpus(n: int) -> None:
+    """Split the CPU into `n` logical devices (to try `--strategy mirrored` without GPUs)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+
+
+def make_strategy(name: str):
+    """tf.distribute strategy by name: default (one device), mirrored (all local GPUs, else all
+    logical CPUs), multiworker (several hosts, described by TF_CONFIG)."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--strategy multiworker needs TF_CONFIG describing the cluster and this "
+                            "worker's task (see tf.distribute.MultiWorkerMirroredStrategy)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UserError(f"unknown --strategy {name!r}: choose default, mirrored or multiworker")
+
+
+def is_chief() -> bool:
+    """Only the chief (or worker 0) of a multi-worker cluster writes the run directory."""
+    cfg = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = cfg.get("task", {})
+    if not task:
+        return True
+    has_chief = "chief" in cfg.get("cluster", {})
+    return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker"
+                                           and task.get("index", 0) == 0)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename over `path`: readers see the old file or the new one."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_history(run: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, HISTORY_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    _atomic_write(run / "history.csv", lambda p: p.write_text(buf.getvalue()))
+
+
+def read_history(run: Path) -> list[dict]:
+    path = run / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def plot_history(rows: list[dict], path: Path) -> None:
+    """Train and validation MAE per epoch, like the seed's plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in rows]
+    ax.plot(epochs, [r["loss"] for r in rows], "o-", label="train MAE")
+    ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation MAE")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean absolute error")
+    ax.set_title("U-Net training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+def latest_checkpoint(run: Path) -> tuple[int, Path] | None:
+    files = sorted((run / CHECKPOINTS).glob("epoch-*.keras"))
+    return (int(files[-1].stem.split("-")[1]), files[-1]) if files else None
+
+
+def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: int, chief: bool):
+    import keras
+
+    class RunRecorder(keras.callbacks.Callback):
+        """After each epoch: history.csv, loss.png, then the checkpoint; one progress line."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            dt = time.perf_counter() - self.t0
+            row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "val_loss": float(logs["val_loss"]),
+                   "seconds": round(dt, 2), "frames_per_s": round(frames_per_epoch / dt, 1)}
+            rows.append(row)
+            print(f"epoch {epoch + 1}/{epochs}: train MAE {row['loss']:.5f}, validation MAE "
+                  f"{row['val_loss']:.5f}, {dt:.1f} s, {row['frames_per_s']:.0f} frames/s", flush=True)
+            target = run if chief else Path(os.environ.get("TMPDIR", "/tmp")) / f"unetsep-worker-{os.getpid()}"
+            (target / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+            # History first, then the checkpoint: a kill in between redoes this epoch on resume,
+            # and the resumed run trims history back to the checkpoint.
+            _write_history(target, rows)
+            plot_history(rows, target / "loss.png")
+            ckpt = target / CHECKPOINTS / f"epoch-{epoch + 1:04d}.keras"
+            _atomic_write(ckpt, lambda p: self.model.save(p))
+            for old in (target / CHECKPOINTS).glob("epoch-*.keras"):
+                if old != ckpt:
+                    old.unlink()
+
+    return RunRecorder()
+
+
+def _check_resumable(run: Path, cfg: UNetConfig) -> None:
+    old = UNetConfig.from_json((run / "config.json").read_text())
+    diff = [k for k in RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
+    if diff:
+        raise UserError(f"{run} holds a run with different {', '.join(diff)}; pass another --out "
+                        f"or the same settings to resume it")
+
+
+def train(data: str | Path, out: str | Path, target: str = "drums", preset_name: str = "seed",
+          epochs: int | None = None, batch_size: int | None = None, steps: int | None = None,
+          strategy: str = "default", seed: int = 0, stock_layers: bool = False) -> Path:
+    """Train (or resume) a run in `out`; returns the path of the trained model.keras."""
+    import keras
+
+    from .dataset import open_db, total_frames, training_dataset, validation_frames
+
+    run = Path(out)
+    cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size)
+    train_db = open_db(data, "train", "train", cfg.target, cfg.sample_rate)
+    valid_db = open_db(data, "train", "valid", cfg.target, cfg.sample_rate)
+    if not train_db.tracks:
+        raise UserError(f"--data {data} has no training tracks (train/ is empty or all validation)")
+    if not valid_db.tracks:
+        raise UserError(f"--data {data} has no validation tracks: add a setup.yaml naming them "
+                        f"(as 'unetsep data' writes) or use MUSDB18's own track names")
+    steps = steps or max(1, total_frames(train_db.tracks, cfg.frame) // cfg.batch_size)
+    cfg = replace(cfg, extra={"data": str(Path(data).resolve()), "trained_on": Path(data).name,
+                              "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
+                              "train_tracks": len(train_db.tracks),
+                              "valid_tracks": len(valid_db.tracks)})
+    chief = is_chief()
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {run}: {e.strerror}; choose another --out") from None
+    if (run / "config.json").is_file():
+        _check_resumable(run, cfg)
+    elif chief:
+        _atomic_write(run / "config.json", lambda p: p.write_text(cfg.to_json()))
+
+    keras.utils.set_random_seed(seed)
+    dist = make_strategy(strategy)
+    last = latest_checkpoint(run)
+    initial_epoch = last[0] if last else 0
+    if initial_epoch >= cfg.epochs and (run / "model.keras").is_file():
+        print(f"{run} is already trained for {initial_epoch} epochs: {run / 'model.keras'}")
+        return run / "model.keras"
+    with dist.scope():
+        if last:
+            model = keras.models.load_model(last[1])
+            print(f"resuming {run} after epoch {initial_epoch}", flush=True)
+        else:
+            model = compile_unet(build_unet(cfg, stock_layers=stock_layers), cfg)
+    rows = [r for r in read_history(run) if r["epoch"] <= initial_epoch]
+
+    # Each epoch's data stream gets its own seed, so a resumed run sees fresh excerpts.
+    ds = training_dataset(train_db.tracks, cfg.target, cfg.frame, cfg.batch_size,
+                          seed=seed * 100003 + initial_epoch)
+    xv, yv = validation_frames(valid_db.tracks, cfg.target, cfg.frame)
+    print(f"training {cfg.preset} ({model.count_params():,} parameters) on {len(train_db.tracks)} "
+          f"tracks, validating on {len(valid_db.tracks)} ({len(xv):,} frames); {steps} steps of "
+          f"{cfg.batch_size} frames per epoch", flush=True)
+    recorder = _make_recorder(run, rows, steps * cfg.batch_size, cfg.epochs, chief)
+    model.fit(ds, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+              validation_data=(xv, yv), validation_batch_size=max(cfg.batch_size, 2048),
+              callbacks=[recorder], verbose=1 if sys.stderr.isatty() else 0)
+    if chief:
+        _atomic_write(run / "model.keras", lambda p: model.save(p))
+    return run / "model.keras"
