@@ -210,11 +210,13 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     xv, yv = validation_frames(valid_db.tracks, cfg.target, cfg.frame)
     print(f"training {cfg.preset} ({model.count_params():,} parameters) on {len(train_db.tracks)} "
           f"tracks, validating on {len(valid_db.tracks)} ({len(xv):,} frames); {steps} steps of "
-          f"{cfg.batch_size} frames per epoch", flush=True)
+          f"{cfg.batch_size} frames per epoch, {dist.num_replicas_in_sync} replica"
+          f"{'s' if dist.num_replicas_in_sync > 1 else ''}", flush=True)
     recorder = _make_recorder(run, rows, steps * cfg.batch_size, cfg.epochs, chief)
     model.fit(ds, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
               validation_data=(xv, yv), validation_batch_size=max(cfg.batch_size, 2048),
-              callbacks=[recorder], verbose=1 if sys.stderr.isatty() else 0)
+              callbacks=[recorder], shuffle=False,  # the tf.data pipeline shuffles
+              verbose=1 if sys.stderr.isatty() else 0)
     if chief:
         _atomic_write(run / "model.keras", lambda p: model.save(p))
     return run / "model.keras"

@@ -1,0 +1,38 @@
+"""Session fixtures: one short rendered dataset and one small trained run, built with the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def unetsep(*args: str, check: bool = True, timeout: float = 900, **kw) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a fresh process, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "unetsep.cli", *map(str, args)], capture_output=True,
+                          text=True, env=ENV, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"unetsep {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """6 songs of 6 s in MUSDB18-HQ layout (3 train, 1 valid, 2 test)."""
+    out = tmp_path_factory.mktemp("data") / "d"
+    unetsep("data", "--out", out, "--songs", 6, "--seconds", 6, "--seed", 7)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(dataset, tmp_path_factory) -> Path:
+    """The tiny preset trained for 2 short epochs: enough for export and runtime tests."""
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    unetsep("train", "--data", dataset, "--preset", "tiny", "--epochs", 2, "--steps", 20,
+            "--batch-size", 256, "--out", run)
+    return run

@@ -1,0 +1,108 @@
+"""`unetsep train`: the seed architecture, the run directory, resume after SIGKILL, bad data."""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile as sf
+
+from conftest import ENV, unetsep
+
+SEED_LAYERS = (
+    ["mix"]
+    + [f"enc{i}_{p}" for i in range(1, 7) for p in ("conv", "bn", "lrelu")]
+    # dropout after the first and third upsampling
+    + [f"dec{i}_{p}" for i in range(1, 6) for p in ("deconv", "relu") + (("dropout",) if i in (1, 3) else ())
+       + ("skip",)]
+    + ["mask", "stem"]
+)
+
+
+def test_seed_model_is_the_seed_architecture():
+    keras = pytest.importorskip("keras")
+    from unetsep.train.model import build_unet, preset
+
+    model = build_unet(preset("seed"))
+    names = [layer.name for layer in model.layers]
+    assert names == SEED_LAYERS
+    convs = [model.get_layer(f"enc{i}_conv") for i in range(1, 7)]
+    assert [c.filters for c in convs] == [16, 32, 64, 128, 256, 512]
+    assert [model.get_layer(f"dec{i}_deconv").filters for i in range(1, 6)] == [256, 128, 64, 32, 16]
+    assert [model.get_layer(n).rate for n in ("dec1_dropout", "dec3_dropout")] == [0.5, 0.5]
+    assert model.get_layer("mask").filters == 1
+    assert model.input_shape == (None, 64, 1) and model.output_shape == (None, 64, 1)
+    assert isinstance(model.get_layer("enc1_conv"), keras.layers.Conv1D)
+    assert isinstance(model.get_layer("mask"), keras.layers.Conv1DTranspose)
+
+
+def test_run_directory(tiny_run):
+    for name in ("model.keras", "config.json", "history.csv", "loss.png"):
+        assert (tiny_run / name).is_file(), name
+    rows = list(csv.DictReader(open(tiny_run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["val_loss"]) > 0 for r in rows)
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["preset"] == "tiny" and cfg["frame"] == 64 and cfg["target"] == "drums"
+
+
+def test_sigkill_then_same_command_resumes(dataset, tmp_path):
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "unetsep.cli", "train", "--data", str(dataset), "--preset", "tiny",
+           "--epochs", "4", "--steps", "15", "--batch-size", "256", "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoint" / "epoch-0002.keras").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.keras").exists()
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "resuming" in out.stdout and "after epoch 2" in out.stdout
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert (run / "model.keras").is_file()
+
+
+def test_mirrored_strategy_on_two_logical_cpus(dataset, tmp_path):
+    proc = unetsep("train", "--data", dataset, "--preset", "tiny", "--epochs", 1, "--steps", 4,
+                   "--batch-size", 128, "--strategy", "mirrored", "--cpu-devices", 2,
+                   "--out", tmp_path / "m")
+    assert "2 replicas" in proc.stdout + proc.stderr
+    assert (tmp_path / "m" / "model.keras").is_file()
+
+
+def _one_line_error(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_bad_data_folders(dataset, tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(unetsep("train", "--data", tmp_path / "empty", "--out", tmp_path / "r",
+                            check=False), "MUSDB")
+    _one_line_error(unetsep("train", "--data", dataset, "--target", "cowbell", "--out",
+                            tmp_path / "r", check=False), "cowbell")
+    # A copy whose drums stems are gone, and one resampled to 22.05 kHz.
+    import shutil
+    for name in ("nodrums", "rate"):
+        shutil.copytree(dataset, tmp_path / name)
+    for f in (tmp_path / "nodrums").rglob("drums.wav"):
+        f.unlink()
+    _one_line_error(unetsep("train", "--data", tmp_path / "nodrums", "--out", tmp_path / "r",
+                            check=False), "drums")
+    for f in (tmp_path / "rate").rglob("*.wav"):
+        x, _ = sf.read(f)
+        sf.write(f, x[::2], 22050)
+    _one_line_error(unetsep("train", "--data", tmp_path / "rate", "--out", tmp_path / "r",
+                            check=False), "22050")
