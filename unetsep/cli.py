@@ -36,6 +36,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained model: {path}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    _quiet_tensorflow()
+    from unetsep.export.run import Thresholds, export
+
+    th = Thresholds(max_error=args.max_error, min_snr=args.min_snr, max_sdr_drop=args.max_sdr_drop)
+    out, rows, passed = export(args.run, args.out or f"models/{os.path.basename(os.path.normpath(args.run))}",
+                               data=args.data, thresholds=th, allow_degraded=args.allow_degraded,
+                               calibration_gain=args.calibration_gain, check_seconds=args.check_seconds)
+    written = [r.file for r in rows if r.written]
+    print(f"wrote {', '.join(written)} and report.md to {out}")
+    if not passed:
+        print(f"unetsep export: some formats failed their checks (kept by --allow-degraded); see "
+              f"{out / 'report.md'}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unetsep", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stock-layers", action="store_true",
                    help="use Keras' own Conv1D/Conv1DTranspose kernels (slow on CPU; for comparison)")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="convert a trained run to ONNX and TFLite, checked against Keras")
+    e.add_argument("run", help="run directory written by 'unetsep train'")
+    e.add_argument("--out", help="model directory (default models/<run name>)")
+    e.add_argument("--data", help="dataset for calibration and checks (default: the run's own)")
+    e.add_argument("--max-error", type=float, default=1e-4, help="float32: max abs error (1e-4)")
+    e.add_argument("--min-snr", type=float, default=50.0, help="float16: min output SNR in dB (50)")
+    e.add_argument("--max-sdr-drop", type=float, default=0.3,
+                   help="int8: max drums SDR loss vs Keras in dB (0.3)")
+    e.add_argument("--allow-degraded", action="store_true",
+                   help="write formats that fail their check too (the report marks them)")
+    e.add_argument("--check-seconds", type=float, default=30.0,
+                   help="seconds of validation audio to check on (30)")
+    e.add_argument("--calibration-gain", type=float, default=1.0,
+                   help="scale the int8 calibration audio (for testing the checks; keep 1)")
+    e.set_defaults(func=cmd_export)
     return p
 
 

@@ -1,0 +1,239 @@
+"""`unetsep export RUN_DIR --out MODEL_DIR`: every format, each checked against Keras.
+
+MODEL_DIR is built in a temporary sibling folder and renamed into place at the end, so a failure
+leaves an existing MODEL_DIR as it was.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
+from ..runtime.errors import UserError
+from . import checks
+from .convert import load_run, model_info, ort_int8, tf2onnx_raw, tflite_variants
+from .lean import build_lean_onnx
+
+
+@dataclass
+class Thresholds:
+    max_error: float = 1e-4  # float32 formats: max |format - keras|
+    min_snr: float = 50.0  # float16: output SNR, dB
+    max_sdr_drop: float = 0.3  # int8 formats: dB below Keras' drums SDR
+
+
+# suffix -> the check that applies to it
+KINDS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
+         "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
+
+
+@dataclass
+class Row:
+    format: str
+    file: str
+    kind: str
+    written: bool = False
+    reason: str = ""
+    size_bytes: int = 0
+    nodes: int | None = None
+    nodes_by_op: dict = field(default_factory=dict)
+    max_abs_error: float = 0.0
+    snr_db: float = 0.0
+    sdr: float = 0.0
+    delta_sdr: float = 0.0
+    p50_us: float = 0.0
+
+
+def heldout_audio(data: str, cfg, seconds: float = 30.0):
+    """(mix, target) (samples, 2) from musdb's validation split: the first `seconds` of audio,
+    taken track after track until there is enough."""
+    from ..train.dataset import open_db, read_excerpt
+
+    db = open_db(data, "train", "valid", cfg.target, cfg.sample_rate)
+    mixes, targets, total = [], [], 0.0
+    for t in db.tracks:
+        take = min(t.duration, seconds - total)
+        m, y = read_excerpt(t, cfg.target, 0.0, take)
+        mixes.append(m)
+        targets.append(y)
+        total += take
+        if total >= seconds:
+            break
+    if not mixes:
+        raise UserError(f"--data {data} has no validation tracks to check the exports on")
+    return np.concatenate(mixes), np.concatenate(targets), total
+
+
+def calibration_frames(data: str, cfg, n: int = 4096, gain: float = 1.0, seed: int = 0) -> np.ndarray:
+    """(n, context, 1) frames of training audio (random excerpts) for int8 calibration."""
+    from ..train.dataset import excerpt_stream, open_db
+
+    db = open_db(data, "train", "train", cfg.target, cfg.sample_rate)
+    if not db.tracks:
+        raise UserError(f"--data {data} has no training tracks to calibrate int8 models on")
+    chunks, have = [], 0
+    for mix, _ in excerpt_stream(db.tracks, cfg.target, cfg.frame, seed):
+        chunks.append(mix)
+        have += len(mix)
+        if have >= n * 4:
+            break
+    frames = np.concatenate(chunks)
+    pick = np.random.default_rng(seed).choice(len(frames), n, replace=False)
+    return (frames[pick] * gain).astype(np.float32)
+
+
+def _node_counts(proto) -> tuple[int, dict]:
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    return len(proto.graph.node), dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+
+
+def export(run_dir: str, out: str, data: str | None = None, thresholds: Thresholds = Thresholds(),
+           allow_degraded: bool = False, calibration_gain: float = 1.0,
+           check_seconds: float = 30.0, progress=print) -> tuple[Path, list[Row], bool]:
+    """Convert, check and write; returns (MODEL_DIR, rows, all passed)."""
+    import onnx
+
+    model, cfg = load_run(run_dir)
+    info = model_info(cfg)
+    data = data or cfg.extra.get("data")
+    if not data or not Path(data).is_dir():
+        raise UserError(f"the calibration/check data {data!r} is not a folder: pass --data DIR "
+                        f"(the dataset the run was trained on)")
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write to {out.parent}: {e.strerror}; choose another --out") from None
+
+    try:
+        mix, target, seconds = heldout_audio(data, cfg, check_seconds)
+        calib = calibration_frames(data, cfg, gain=calibration_gain)
+        x = checks.to_frames(mix, cfg.frame)
+        progress(f"checking on {seconds:.0f} s of validation audio ({len(x):,} frames, both channels)")
+        ref = checks.run_batched(lambda b: np.asarray(model(b, training=False)), x)
+        keras_sdr = checks.drums_sdr(mix[:len(ref) // 2 * cfg.frame], target[:len(ref) // 2 * cfg.frame],
+                                     checks.from_frames(ref, 2), cfg.sample_rate)
+        progress(f"keras: drums SDR {keras_sdr:.2f} dB")
+        n = len(ref) // 2 * cfg.frame
+        mix_c, target_c = mix[:n], target[:n]
+        stem = info.target
+        rows: list[Row] = []
+
+        # The converter's raw output: measured for the report, not shipped.
+        raw_rows = []
+        for batch, label in ((None, "tf2onnx (dynamic batch)"), (1, "tf2onnx (batch 1)")):
+            proto = tf2onnx_raw(model, cfg, info, batch=batch)
+            path = tmp / f"raw{batch or ''}.onnx"
+            onnx.save(proto, str(path))
+            m = OrtModel(path)
+            nodes, ops = _node_counts(proto)
+            y = checks.run_batched(m.run, x) if batch is None else None
+            raw_rows.append({"format": label, "nodes": nodes, "nodes_by_op": ops,
+                             "max_abs_error": None if y is None else float(np.abs(y - ref).max()),
+                             "p50_us": checks.per_frame_us(m.run, cfg.frame)})
+            path.unlink()
+            progress(f"{label}: {nodes} nodes, {raw_rows[-1]['p50_us']:.0f} us/frame (not shipped)")
+
+        lean = build_lean_onnx(model, cfg, info)
+        onnx.save(lean, str(tmp / f"{stem}.onnx"))
+        ort_int8(tmp / f"{stem}.onnx", calib, info, tmp / f"{stem}.int8.onnx")
+        for suffix, blob in tflite_variants(model, cfg, calib).items():
+            (tmp / f"{stem}.{suffix}").write_bytes(blob)
+            metadata_path(tmp / f"{stem}.{suffix}").write_text(info.to_json())
+
+        for suffix, kind in KINDS.items():
+            path = tmp / f"{stem}.{suffix}"
+            m = OrtModel(path) if suffix.endswith("onnx") else LiteRTModel(path)
+            y = checks.run_batched(m.run, x)
+            row = Row(format=suffix, file=path.name, kind=kind, size_bytes=path.stat().st_size)
+            if suffix.endswith("onnx"):
+                row.nodes, row.nodes_by_op = _node_counts(onnx.load(str(path)))
+            row.max_abs_error = float(np.abs(y - ref).max())
+            row.snr_db = checks.snr_db(ref, y)
+            row.sdr = checks.drums_sdr(mix_c, target_c, checks.from_frames(y, 2), cfg.sample_rate)
+            row.delta_sdr = row.sdr - keras_sdr
+            row.p50_us = checks.per_frame_us(m.run, cfg.frame)
+            del m
+            if kind == "float32" and not row.max_abs_error <= thresholds.max_error:
+                row.reason = f"max error {row.max_abs_error:.2e} > {thresholds.max_error:g}"
+            elif kind == "float16" and not row.snr_db >= thresholds.min_snr:
+                row.reason = f"SNR {row.snr_db:.1f} dB < {thresholds.min_snr:g} dB"
+            elif kind == "int8" and not row.delta_sdr >= -thresholds.max_sdr_drop:
+                row.reason = f"SDR {row.delta_sdr:+.2f} dB below Keras (limit {thresholds.max_sdr_drop:g})"
+            row.written = not row.reason or allow_degraded
+            if not row.written:
+                path.unlink()
+                metadata_path(path).unlink(missing_ok=True)
+            rows.append(row)
+            progress(f"{row.file}: max error {row.max_abs_error:.2e}, SNR {row.snr_db:.1f} dB, SDR "
+                     f"{row.sdr:.2f} ({row.delta_sdr:+.2f}) dB, {row.p50_us:.0f} us/frame"
+                     + (f"  FAILED: {row.reason}" + (" (kept: --allow-degraded)" if row.written else "")
+                        if row.reason else ""))
+
+        passed = all(not r.reason for r in rows)
+        report = {"run": str(Path(run_dir).resolve()), "data": str(data), "check_seconds": seconds,
+                  "keras_sdr": keras_sdr, "thresholds": asdict(thresholds), "passed": passed,
+                  "info": json.loads(info.to_json()), "converter_output": raw_rows,
+                  "formats": [asdict(r) for r in rows]}
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        (tmp / "report.md").write_text(report_md(report))
+        if not passed and not allow_degraded:
+            # Keep the report of what failed, not the failing models.
+            raise ExportFailed(rows, tmp)
+        _replace_dir(tmp, out)
+        return out, rows, passed
+    except BaseException:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class ExportFailed(UserError):
+    def __init__(self, rows, tmp):
+        failed = [f"{r.file} ({r.reason})" for r in rows if r.reason]
+        super().__init__(f"{len(failed)} format(s) failed their check: {'; '.join(failed)}; "
+                         f"rerun with --allow-degraded to keep them, or loosen the threshold flags")
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put `new` at `out`; an existing `out` is moved aside first and removed only afterwards."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def report_md(r: dict) -> str:
+    lines = [f"# Export report", "", f"Run `{r['run']}`, checked on {r['check_seconds']:.0f} s of "
+             f"validation audio from `{r['data']}` (both channels). Keras drums SDR: "
+             f"{r['keras_sdr']:.2f} dB (museval v4, median over 1 s frames).", "",
+             "| format | file size | nodes | SNR dB | max error | SDR dB | delta SDR | p50 us/frame | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for f in r["formats"]:
+        result = "pass" if not f["reason"] else ("kept, FAILED: " if f["written"] else "not written: ") + f["reason"]
+        lines.append(f"| {f['file']} | {f['size_bytes'] / 1e6:.2f} MB | {f['nodes'] or '-'} | "
+                     f"{f['snr_db']:.1f} | {f['max_abs_error']:.2e} | {f['sdr']:.2f} | "
+                     f"{f['delta_sdr']:+.2f} | {f['p50_us']:.0f} | {result} |")
+    lines += ["", "## Graph cleaning: nodes by op type (p50 = 1 thread, batch 1, onnxruntime CPU)", ""]
+    for raw in r["converter_output"]:
+        lines.append(f"- {raw['format']}: {raw['nodes']} nodes, {raw['p50_us']:.0f} us/frame: "
+                     + ", ".join(f"{k} {v}" for k, v in raw["nodes_by_op"].items()))
+    for f in r["formats"]:
+        if f["nodes"]:
+            lines.append(f"- {f['file']}: {f['nodes']} nodes, {f['p50_us']:.0f} us/frame: "
+                         + ", ".join(f"{k} {v}" for k, v in f["nodes_by_op"].items()))
+    t = r["thresholds"]
+    lines += ["", f"Thresholds: float32 max error <= {t['max_error']:g}; float16 SNR >= "
+              f"{t['min_snr']:g} dB; int8 SDR no more than {t['max_sdr_drop']:g} dB below Keras.", ""]
+    return "\n".join(lines)

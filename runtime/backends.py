@@ -1,0 +1,104 @@
+"""Inference backends behind one interface: `run(x (B, context, 1) float32) -> (B, frame, 1)`.
+
+onnxruntime for .onnx (metadata inside the model), LiteRT for .tflite (metadata in the JSON file
+beside it, same stem). Both read the model contract from the model and assume nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .contract import ModelInfo
+from .errors import UserError
+
+
+def metadata_path(tflite: Path) -> Path:
+    """drums.int8.tflite -> drums.int8.json"""
+    return tflite.with_suffix(".json")
+
+
+class OrtModel:
+    """An onnxruntime session tuned for a small model: `threads` intra-op threads, no spinning
+    between calls when single-threaded (the live path waits on audio), sequential execution."""
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int = 1):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if provider == "cuda":
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise UserError(f"{self.path} is not an ONNX model onnxruntime can load "
+                            f"({str(e).splitlines()[0][:120]}); pass a model written by 'unetsep export'") from None
+        self.provider = self.session.get_providers()[0]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.info = ModelInfo.from_metadata(meta)
+        except (KeyError, ValueError) as e:
+            raise UserError(f"{self.path} lacks the unetsep model metadata ({e}); export it with "
+                            f"'unetsep export'") from None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.info.output_name], {self.info.input_name: x})[0]
+
+
+class LiteRTModel:
+    """A LiteRT (TensorFlow Lite) interpreter with XNNPACK, resized when the batch changes."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        meta = metadata_path(self.path)
+        if not meta.is_file():
+            raise UserError(f"{self.path} has no metadata file {meta.name} beside it; export it with "
+                            f"'unetsep export'")
+        try:
+            self.info = ModelInfo.from_metadata({k: str(v) for k, v in json.loads(meta.read_text()).items()})
+            self.interp = Interpreter(model_path=str(self.path), num_threads=threads)
+        except (KeyError, ValueError) as e:
+            raise UserError(f"{self.path} is not a LiteRT model with unetsep metadata ({e}); "
+                            f"export it with 'unetsep export'") from None
+        self.provider = "LiteRT"
+        self._in = self.interp.get_input_details()[0]["index"]
+        self._out = self.interp.get_output_details()[0]["index"]
+        self._batch = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] != self._batch:
+            self.interp.resize_tensor_input(self._in, list(x.shape))
+            self.interp.allocate_tensors()
+            self._batch = x.shape[0]
+        self.interp.set_tensor(self._in, x)
+        self.interp.invoke()
+        return self.interp.get_tensor(self._out)
+
+
+def load_model(path: str | Path, provider: str = "cpu", threads: int = 1):
+    """OrtModel or LiteRTModel by file extension; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model {path} not found; pass --model PATH to a .onnx or .tflite file")
+    if path.suffix == ".onnx":
+        return OrtModel(path, provider=provider, threads=threads)
+    if path.suffix == ".tflite":
+        return LiteRTModel(path, threads=threads)
+    raise UserError(f"{path} is not a .onnx or .tflite model; pass one written by 'unetsep export'")
+
+
+def cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and not os.environ.get("UNETSEP_NO_CUDA")
