@@ -102,3 +102,33 @@ def cuda_available() -> bool:
     import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers() and not os.environ.get("UNETSEP_NO_CUDA")
+
+
+def default_model_path() -> Path:
+    """$UNETSEP_MODEL, else the model shipped in the repository's models/default/."""
+    env = os.environ.get("UNETSEP_MODEL")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "models" / "default" / "drums.onnx"
+    if not path.is_file():
+        raise UserError(f"no default model at {path}; pass --model PATH (a file from 'unetsep export')")
+    return path
+
+
+def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1, say=print):
+    """load_model with the CLI's provider rule: auto takes CUDA when it loads, else CPU (and says so)."""
+    path = Path(path) if path else default_model_path()
+    if provider not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown --provider {provider!r}: choose auto, cpu or cuda")
+    if path.suffix == ".tflite" or provider == "cpu":
+        return load_model(path, "cpu", threads)
+    if provider == "cuda" and not cuda_available():
+        raise UserError("--provider cuda: onnxruntime's CUDA provider is not available; install the "
+                        "gpu extra (onnxruntime-gpu) or use --provider cpu")
+    if cuda_available():
+        model = load_model(path, "cuda", threads)
+        if model.provider == "CUDAExecutionProvider":
+            return model
+        say("unetsep: the CUDA provider did not load; running on the CPU")
+        return model
+    if provider == "auto":
+        say("unetsep: no CUDA provider in this onnxruntime; running on the CPU")
+    return load_model(path, "cpu", threads)

@@ -51,6 +51,37 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"{out / 'report.md'}", file=sys.stderr)
 
 
+def cmd_separate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from unetsep.runtime.backends import open_model
+    from unetsep.runtime.separate import separate_file
+
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    model = open_model(args.model, args.provider, threads=args.threads, say=say)
+    failed = 0
+    for f in args.files:
+        path = Path(f)
+        try:
+            import soundfile as sf
+
+            total = sf.info(str(path)).frames if path.is_file() else 0
+        except Exception:
+            total = 0
+        with tqdm(total=total, unit="sample", unit_scale=True, desc=path.name, leave=False,
+                  disable=None) as bar:
+            try:
+                track = separate_file(path, model, Path(args.out), progress=bar.update)
+            except UserError as e:
+                print(f"unetsep separate: error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+        print(f"{path} -> {track}/")
+    return 2 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unetsep", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -96,20 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration-gain", type=float, default=1.0,
                    help="scale the int8 calibration audio (for testing the checks; keep 1)")
     e.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("separate", help="separate audio files into the target and the rest")
+    s.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, ...)")
+    s.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
+    s.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
+    s.add_argument("--provider", "-d", default="auto", help="auto (default), cpu or cuda")
+    s.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    s.set_defaults(func=cmd_separate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except UserError as e:
         print(f"unetsep {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"unetsep {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
