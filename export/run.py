@@ -27,6 +27,10 @@ class Thresholds:
     max_error: float = 1e-4  # float32 formats: max |format - keras|
     min_snr: float = 50.0  # float16: output SNR, dB
     max_sdr_drop: float = 0.3  # int8 formats: dB below Keras' drums SDR
+    # int8 formats must also stay close to Keras' output: a broken quantization can score a
+    # *higher* SDR than a weak model (a mask stuck open returns the mixture), which the SDR
+    # rule alone would pass.
+    min_int8_snr: float = 10.0
 
 
 # suffix -> the check that applies to it
@@ -168,10 +172,13 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
                 row.reason = f"SNR {row.snr_db:.1f} dB < {thresholds.min_snr:g} dB"
             elif kind == "int8" and not row.delta_sdr >= -thresholds.max_sdr_drop:
                 row.reason = f"SDR {row.delta_sdr:+.2f} dB below Keras (limit {thresholds.max_sdr_drop:g})"
+            elif kind == "int8" and not row.snr_db >= thresholds.min_int8_snr:
+                row.reason = f"output SNR {row.snr_db:.1f} dB < {thresholds.min_int8_snr:g} dB"
             row.written = not row.reason or allow_degraded
             if not row.written:
                 path.unlink()
-                metadata_path(path).unlink(missing_ok=True)
+                if path.suffix == ".tflite":
+                    metadata_path(path).unlink()
             rows.append(row)
             progress(f"{row.file}: max error {row.max_abs_error:.2e}, SNR {row.snr_db:.1f} dB, SDR "
                      f"{row.sdr:.2f} ({row.delta_sdr:+.2f}) dB, {row.p50_us:.0f} us/frame"
@@ -235,5 +242,6 @@ def report_md(r: dict) -> str:
                          + ", ".join(f"{k} {v}" for k, v in f["nodes_by_op"].items()))
     t = r["thresholds"]
     lines += ["", f"Thresholds: float32 max error <= {t['max_error']:g}; float16 SNR >= "
-              f"{t['min_snr']:g} dB; int8 SDR no more than {t['max_sdr_drop']:g} dB below Keras.", ""]
+              f"{t['min_snr']:g} dB; int8 SDR no more than {t['max_sdr_drop']:g} dB below Keras and "
+              f"output SNR >= {t['min_int8_snr']:g} dB.", ""]
     return "\n".join(lines)

@@ -94,6 +94,11 @@ def separate_file(path: Path, model, out_root: Path, progress=None) -> Path:
                 w.close()
             for t in tmps:
                 t.unlink(missing_ok=True)
+            for d in (track, track.parent):  # leave no empty folder that looks like a result
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
             raise
         for w in writers:
             w.close()

@@ -36,3 +36,20 @@ def tiny_run(dataset, tmp_path_factory) -> Path:
     unetsep("train", "--data", dataset, "--preset", "tiny", "--epochs", 2, "--steps", 20,
             "--batch-size", 256, "--out", run)
     return run
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run exported to every format; degraded int8 formats kept so tests can use them."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    unetsep("export", tiny_run, "--out", out, "--check-seconds", 6, "--allow-degraded")
+    return out
+
+
+@pytest.fixture(scope="session")
+def song(tmp_path_factory) -> Path:
+    """A 5 s stereo song the tiny model never saw (another seed), as wav."""
+    root = tmp_path_factory.mktemp("song")
+    unetsep("data", "--out", root / "d", "--songs", 3, "--seconds", 5, "--seed", 99)
+    track = sorted((root / "d" / "test").iterdir())[0]
+    return (track / "mixture.wav").rename(root / "song.wav")

@@ -40,7 +40,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     _quiet_tensorflow()
     from unetsep.export.run import Thresholds, export
 
-    th = Thresholds(max_error=args.max_error, min_snr=args.min_snr, max_sdr_drop=args.max_sdr_drop)
+    th = Thresholds(max_error=args.max_error, min_snr=args.min_snr, max_sdr_drop=args.max_sdr_drop,
+                    min_int8_snr=args.min_int8_snr)
     out, rows, passed = export(args.run, args.out or f"models/{os.path.basename(os.path.normpath(args.run))}",
                                data=args.data, thresholds=th, allow_degraded=args.allow_degraded,
                                calibration_gain=args.calibration_gain, check_seconds=args.check_seconds)
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-snr", type=float, default=50.0, help="float16: min output SNR in dB (50)")
     e.add_argument("--max-sdr-drop", type=float, default=0.3,
                    help="int8: max drums SDR loss vs Keras in dB (0.3)")
+    e.add_argument("--min-int8-snr", type=float, default=10.0,
+                   help="int8: min output SNR vs Keras in dB (10)")
     e.add_argument("--allow-degraded", action="store_true",
                    help="write formats that fail their check too (the report marks them)")
     e.add_argument("--check-seconds", type=float, default=30.0,

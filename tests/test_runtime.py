@@ -1,0 +1,119 @@
+"""The runtime on a small exported model: streaming == offline, latency, file formats, bad input."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import unetsep
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    from unetsep.runtime.backends import load_model
+
+    return load_model(exported / "drums.onnx")
+
+
+def test_runtime_never_imports_tensorflow(exported, song, tmp_path):
+    import subprocess
+
+    code = ("import sys; from unetsep.cli import main; rc = main(['separate', sys.argv[1], '--model', "
+            "sys.argv[2], '-o', sys.argv[3]]); assert 'tensorflow' not in sys.modules, 'tf imported'; "
+            "sys.exit(rc)")
+    subprocess.run([sys.executable, "-c", code, str(song), str(exported / "drums.onnx"),
+                    str(tmp_path)], check=True, capture_output=True)
+
+
+def test_streaming_equals_offline_in_random_blocks(model, exported, song, tmp_path):
+    from unetsep.runtime.stream import StreamEngine
+
+    unetsep("separate", song, "--model", exported / "drums.onnx", "-o", tmp_path)
+    offline, _ = sf.read(tmp_path / "tiny" / song.stem / "drums.wav", dtype="float32")
+    x, _ = sf.read(song, dtype="float32")
+    engine = StreamEngine(model, channels=2, max_block=1000)
+    rng = np.random.default_rng(0)
+    out, i = [], 0
+    while i < len(x):
+        n = int(rng.integers(1, 1001))
+        out.append(engine.process(x[i:i + n]))
+        i += n
+    y = np.concatenate(out)
+    lat = engine.latency
+    assert lat == 64
+    assert np.abs(y[lat:] - offline[:len(y) - lat]).max() <= 1e-6
+    assert np.abs(y[:lat]).max() == 0
+
+
+def test_impulse_comes_out_one_frame_later(model):
+    from unetsep.runtime.stream import StreamEngine
+
+    engine = StreamEngine(model, channels=1, max_block=64)
+    x = np.zeros((64 * 8, 1), np.float32)
+    x[100] = 1.0  # an impulse mid-frame; the masked output is nonzero only where the input is
+    y = np.concatenate([engine.process(x[i:i + 64]) for i in range(0, len(x), 64)])
+    assert np.flatnonzero(np.abs(y[:, 0]) > 0).tolist() == [100 + engine.latency]
+
+
+@pytest.mark.parametrize("fmt,rate,channels", [("FLAC", 44100, 2), ("OGG", 48000, 1),
+                                                ("WAV", 22050, 3)])
+def test_formats_rates_channels(exported, song, tmp_path, fmt, rate, channels):
+    import soxr
+
+    x, sr = sf.read(song, dtype="float32")
+    x = soxr.resample(x, sr, rate)[:, [0, 1, 0][:channels]]
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, x, rate, format=fmt)
+    n = sf.info(path).frames
+    unetsep("separate", path, "--model", exported / "drums.onnx", "-o", tmp_path / "sep")
+    for stem in ("drums", "no_drums"):
+        y, r = sf.read(tmp_path / "sep" / "tiny" / "clip" / f"{stem}.wav")
+        assert r == rate and y.reshape(len(y), -1).shape == (n, channels)
+    d, _ = sf.read(tmp_path / "sep" / "tiny" / "clip" / "drums.wav")
+    nd, _ = sf.read(tmp_path / "sep" / "tiny" / "clip" / "no_drums.wav")
+    xin, _ = sf.read(path)
+    assert np.abs(d + nd - xin).max() < 1e-3 if rate == 44100 else True  # residual: exact at 44.1k
+
+
+def test_tflite_model_separates(exported, song, tmp_path):
+    unetsep("separate", song, "--model", exported / "drums.tflite", "-o", tmp_path)
+    assert (tmp_path / "tiny" / song.stem / "drums.wav").is_file()
+
+
+def test_bad_inputs_fail_alone(exported, song, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "text.wav").write_text("not audio")
+    sf.write(bad / "empty.wav", np.zeros((0, 2)), 44100)
+    sf.write(bad / "silence.wav", np.zeros((44100, 2)), 44100)
+    nan = np.full((44100, 2), 0.1, np.float32)
+    nan[30000] = np.nan
+    sf.write(bad / "nan.wav", nan, 44100, subtype="FLOAT")
+    files = [bad / n for n in ("missing.wav", "text.wav", "empty.wav", "silence.wav", "nan.wav")]
+    proc = unetsep("separate", *files, song, "--model", exported / "drums.onnx", "-o", tmp_path / "o",
+                   check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 5
+    for word, line in zip(("no such file", "not an audio file", "empty", "silent", "NaN"), errors):
+        assert word in line, line
+    out = tmp_path / "o" / "tiny"
+    assert sorted(p.name for p in out.iterdir()) == [song.stem]  # only the good song
+    assert sorted(p.name for p in (out / song.stem).iterdir()) == ["drums.wav", "no_drums.wav"]
+
+
+def test_bad_models(song, tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"nope")
+    proc = unetsep("separate", song, "--model", tmp_path / "junk.onnx", check=False)
+    assert proc.returncode == 2 and "not an ONNX model" in proc.stderr
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["mix"], ["stem"])], "g",
+                          [helper.make_tensor_value_info("mix", TensorProto.FLOAT, [None, 64, 1])],
+                          [helper.make_tensor_value_info("stem", TensorProto.FLOAT, [None, 64, 1])])
+    onnx.save(helper.make_model(g), str(tmp_path / "nometa.onnx"))
+    proc = unetsep("separate", song, "--model", tmp_path / "nometa.onnx", check=False)
+    assert proc.returncode == 2 and "lacks the unetsep model metadata" in proc.stderr
