@@ -83,6 +83,32 @@ def cmd_separate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_live(args: argparse.Namespace) -> int:
+    from unetsep.runtime import live
+
+    if args.list_devices:
+        print(live.list_devices())
+        return 0
+    from unetsep.runtime.backends import open_model
+
+    model = open_model(args.model, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
+    r = live.run_live(model, channels=args.channels, blocksize=args.blocksize, mix=args.mix,
+                      device_in=args.input, device_out=args.output, seconds=args.seconds)
+    print(f"live: {r.callbacks} callbacks of {r.blocksize} samples x {r.channels} channels in "
+          f"{r.seconds:.1f} s; xruns {r.xruns} ({r.xruns_after_first_second} after the first second); "
+          f"callback p50 {r.callback_p50_us:.0f} us, p99 {r.callback_p99_us:.0f} us, max "
+          f"{r.callback_max_us:.0f} us; CPU load {r.cpu_load:.0%}; stream latency in/out "
+          f"{r.stream_latency_ms[0]:.2f}/{r.stream_latency_ms[1]:.2f} ms + model "
+          f"{r.algorithmic_latency_ms:.2f} ms", file=sys.stderr)
+    if args.json:
+        from pathlib import Path
+
+        from unetsep.runtime.files import write_text_atomic
+
+        write_text_atomic(Path(args.json), live.report_json(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unetsep", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -138,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--provider", "-d", default="auto", help="auto (default), cpu or cuda")
     s.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     s.set_defaults(func=cmd_separate)
+
+    v = sub.add_parser("live", help="separate live: input device to output device")
+    v.add_argument("-l", "--list-devices", action="store_true", help="list audio devices and exit")
+    v.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
+    v.add_argument("-i", "--input", help="input device (number or name)")
+    v.add_argument("-o", "--output", help="output device (number or name)")
+    v.add_argument("--channels", "-c", type=int, default=2, help="channels (default 2)")
+    v.add_argument("--blocksize", "-b", type=int, default=64, help="samples per callback (default 64)")
+    v.add_argument("--mix", default="drums", help="drums (default), no-drums or blend")
+    v.add_argument("--seconds", "-s", type=float, help="stop after S seconds (default: Ctrl-C)")
+    v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
+    v.add_argument("--json", help="also write the summary as JSON here")
+    v.set_defaults(func=cmd_live)
     return p
 
 
