@@ -109,6 +109,127 @@ def cmd_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_paths(paths: list[str] | None) -> list:
+    """--model arguments, or every format in the shipped model's folder."""
+    from pathlib import Path
+
+    from unetsep.runtime.backends import default_model_path
+
+    if paths:
+        return [Path(p) for p in paths]
+    folder = default_model_path().parent
+    return sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".tflite"))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from unetsep.benchmarks import latency
+    from unetsep.runtime.backends import cuda_available, load_model
+    from unetsep.runtime.separate import model_name
+
+    models = [load_model(p, "cpu", threads=args.threads) for p in _model_paths(args.model)]
+    if cuda_available():
+        models += [load_model(p, "cuda") for p in _model_paths(args.model) if p.suffix == ".onnx"]
+    configs = []
+    for m in models:
+        for b in args.batch:
+            configs.append({"model": model_name(m.path, m.info.target), "backend":
+                            "onnxruntime" if m.path.suffix == ".onnx" else "litert",
+                            "provider": m.provider, "batch": b, "run": m.run, "context": m.info.context})
+    if args.keras:
+        _quiet_tensorflow()
+        import tensorflow as tf
+
+        from unetsep.export.convert import load_run
+
+        kmodel, _ = load_run(args.keras)
+        fn = tf.function(lambda x: kmodel(x, training=False))
+        for b in args.batch[:2]:
+            configs.append({"model": "keras", "backend": "keras tf.function", "provider": "tensorflow",
+                            "batch": b, "run": lambda x, fn=fn: fn(x).numpy(), "context": 64})
+    print(f"timing {len(configs)} configurations, {args.frames} frames each, interleaved", file=sys.stderr)
+    results = latency.time_configs(configs, args.frames)
+    onnx_models = [m for m in models if m.path.suffix == ".onnx" and "int8" not in m.path.name]
+    bound = None
+    if onnx_models:
+        flops, weight_bytes = latency.model_cost(onnx_models[0].path)
+        bound = latency.physical_bound(flops, weight_bytes)
+        for r in results:
+            r["x_bound"] = r["p50_us_per_frame"] / bound["bound_us"]
+    print(f"{'model':22s} {'backend':12s} {'batch':>5s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} "
+          f"{'max':>8s} {'us/frame':>9s} {'misses':>6s} {'x bound':>7s}")
+    for r in results:
+        print(f"{r['model']:22s} {r['backend']:12s} {r['batch']:5d} {r['p50_us']:8.0f} {r['p99_us']:8.0f} "
+              f"{r['p999_us']:8.0f} {r['max_us']:8.0f} {r['p50_us_per_frame']:9.1f} "
+              f"{r['deadline_misses']:6d} {r.get('x_bound', float('nan')):7.1f}")
+    if bound:
+        print(f"bound: {bound['flops_per_frame'] / 1e6:.2f} MFLOP and {bound['weight_bytes'] / 1e6:.2f} MB "
+              f"per frame; GEMM {bound['gemm_gflops']:.1f} GFLOP/s, memory {bound['memory_gbs']:.1f} GB/s "
+              f"-> {bound['bound_us']:.1f} us/frame")
+    if args.plot:
+        latency.plot_cdf(results, args.plot)
+    if args.json:
+        from unetsep.runtime.files import write_text_atomic
+
+        clean = [{k: v for k, v in r.items() if k != "times_us"} for r in results]
+        write_text_atomic(Path(args.json), json.dumps({"results": clean, "bound": bound,
+                                                       "threads": args.threads}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from unetsep.benchmarks.quality import evaluate
+    from unetsep.runtime.backends import load_model
+
+    models = [load_model(p, "cpu", threads=2) for p in _model_paths(args.model)]
+    bar = tqdm(desc="evaluating", unit="track", disable=None)
+    res = evaluate(args.data, models, target=args.target, max_tracks=args.tracks,
+                   progress=lambda name, s: bar.update())
+    bar.close()
+    methods = res["methods"]
+    print("track".ljust(24) + "".join(f"{m[:14]:>15s}" for m in methods))
+    for r in res["rows"]:
+        print(r["name"][:24].ljust(24) + "".join(f"{r['scores'][m]['sdr']:15.2f}" for m in methods))
+    print("median SDR".ljust(24) + "".join(f"{res['median'][m]['sdr']:15.2f}" for m in methods))
+    model = methods[0]
+    if args.json:
+        from unetsep.runtime.files import write_text_atomic
+
+        out = {"target": res["target"], "median_sdr": res["median"][model]["sdr"], "model": model,
+               "tracks": [{"name": r["name"], "sdr": r["scores"][model]["sdr"], "scores": r["scores"]}
+                          for r in res["rows"]], "median": res["median"], "data": res["data"]}
+        write_text_atomic(Path(args.json), json.dumps(out, indent=2))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(6, len(res["rows"]) * 0.3), 4))
+        for m in methods:
+            ax.plot([r["scores"][m]["sdr"] for r in res["rows"]], "o-", label=m, ms=3)
+        ax.set_xlabel("track")
+        ax.set_ylabel(f"{res['target']} SDR (dB)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from unetsep import demo
+
+    demo.run(out=args.out, model_path=args.model, seconds=args.seconds)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unetsep", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,6 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
     v.add_argument("--json", help="also write the summary as JSON here")
     v.set_defaults(func=cmd_live)
+
+    b = sub.add_parser("bench", help="latency per frame of every model and backend")
+    b.add_argument("--model", "-n", action="append", help="model file (repeat; default: every shipped format)")
+    b.add_argument("--frames", type=int, default=10000, help="timed frames per configuration (10000)")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
+    b.add_argument("--threads", type=int, default=1, help="intra-op threads (1)")
+    b.add_argument("--keras", metavar="RUN_DIR", help="also time the Keras model of this run")
+    b.add_argument("--json", help="write results here")
+    b.add_argument("--plot", help="write a latency CDF (PNG) here")
+    b.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("evaluate", help="museval SDR of models, the mixture and oracle masks")
+    q.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
+    q.add_argument("--model", "-n", action="append", help="model file (repeat; default: the shipped fp32)")
+    q.add_argument("--target", default="drums")
+    q.add_argument("--tracks", type=int, help="score only the first N tracks")
+    q.add_argument("--json", help="write results here")
+    q.add_argument("--plot", help="write SDR per track (PNG) here")
+    q.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("demo", help="render an unseen song, separate it live-style, score and time it")
+    m.add_argument("--model", "-n", help="model file (default: the shipped model)")
+    m.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
+    m.add_argument("--seconds", type=float, default=20.0, help="song length (default 20)")
+    m.set_defaults(func=cmd_demo)
     return p
 
 

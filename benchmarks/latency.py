@@ -1,0 +1,137 @@
+"""Latency per frame: every model and backend, interleaved, with the physical bound beside it.
+
+Configurations (model x batch) are timed round-robin, one call each per round (A B C A B C ...),
+so that drift on a shared machine hits all alike. Batch 1 is mono live, batch 2 stereo live, a
+large batch file mode.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+DEADLINE_US = 64 / 44100 * 1e6  # one 64-sample frame at 44.1 kHz: 1451 us
+
+
+def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float = 1.0) -> dict:
+    """This core's float32 GEMM rate (onnxruntime MatMul, 1 thread) and memory read bandwidth
+    (numpy sum over 256 MB), and the resulting lower bound per frame."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = 512
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(helper.make_model(g).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    s.run(None, {"a": a, "b": a})
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        s.run(None, {"a": a, "b": a})
+        reps += 1
+    gflops = 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+    big = np.ones(64 << 20, np.float32)  # 256 MB, far beyond any cache
+    big.sum()
+    t = time.perf_counter()
+    for _ in range(3):
+        big.sum()
+    gbs = 3 * big.nbytes / (time.perf_counter() - t) / 1e9
+    compute_us = flops_per_frame / (gflops * 1e9) * 1e6
+    memory_us = weight_bytes / (gbs * 1e9) * 1e6
+    return {"gemm_gflops": gflops, "memory_gbs": gbs, "flops_per_frame": flops_per_frame,
+            "weight_bytes": weight_bytes, "compute_bound_us": compute_us,
+            "memory_bound_us": memory_us, "bound_us": max(compute_us, memory_us),
+            "note": "bound = max(FLOPs / GEMM rate, weight bytes / DRAM bandwidth); weights that "
+                    "stay in cache make the memory term pessimistic"}
+
+
+def model_cost(onnx_path) -> tuple[float, float]:
+    """(FLOPs per frame, weight bytes) of a lean/float ONNX graph: 2*MACs of Conv, ConvTranspose and
+    Gemm at batch 1, from the weights' shapes and the layer lengths onnxruntime infers."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    m = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(m.graph.value_info) + list(m.graph.output)}
+    flops = 0.0
+    for node in m.graph.node:
+        if node.op_type == "Gemm":
+            flops += 2 * inits[node.input[1]].size
+        elif node.op_type == "Conv":
+            w = inits[node.input[1]]
+            flops += 2 * w.size * shapes[node.output[0]][-1]
+        elif node.op_type == "ConvTranspose":
+            w = inits[node.input[1]]
+            flops += 2 * w.size * (shapes[node.input[0]][-1] if node.input[0] in shapes else 1)
+    weight_bytes = sum(a.nbytes for a in inits.values() if a.dtype == np.float32 and a.ndim > 1)
+    return flops, weight_bytes
+
+
+def time_configs(configs: list[dict], frames: int, warmup: int = 200) -> list[dict]:
+    """configs: {"label", "run", "batch", ...}; each gets >= `frames` timed frames, interleaved."""
+    rng = np.random.default_rng(0)
+    for c in configs:
+        c["x"] = (rng.standard_normal((c["batch"], c["context"], 1)) * 0.1).astype(np.float32)
+        t = time.perf_counter()
+        for _ in range(warmup):
+            c["run"](c["x"])
+        c["warmup_us"] = (time.perf_counter() - t) / warmup * 1e6
+        c["calls"] = max(1, -(-frames // c["batch"]))
+        c["times"] = np.empty(c["calls"])
+    rounds = max(c["calls"] for c in configs)
+    for i in range(rounds):
+        for c in configs:
+            if i < c["calls"]:
+                t = time.perf_counter()
+                c["run"](c["x"])
+                c["times"][i] = time.perf_counter() - t
+    out = []
+    for c in configs:
+        us = c["times"] * 1e6
+        # A call at batch B covers max(1, B // 2) audio periods: batch 1 = one mono frame,
+        # batch 2 = one stereo frame, batch 256 = 128 stereo frames (file mode).
+        periods = max(1, c["batch"] // 2)
+        out.append({
+            "model": c["model"], "backend": c["backend"], "provider": c["provider"], "batch": c["batch"],
+            "frames": int(c["calls"] * c["batch"]), "calls": int(c["calls"]),
+            "warmup_us_per_call": c["warmup_us"],
+            "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
+            "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
+            "p50_us_per_frame": float(np.percentile(us, 50) / c["batch"]),
+            "deadline_us": DEADLINE_US * periods,
+            "deadline_misses": int((us > DEADLINE_US * periods).sum()),
+            "realtime_factor": float(np.percentile(us, 50) / (DEADLINE_US * periods)),
+            "stereo_seconds_per_second": float(periods * 64 / 44100 / np.percentile(us, 50) * 1e6)
+            if c["batch"] >= 2 else None,
+            "times_us": us})
+    return out
+
+
+def plot_cdf(results: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        if r["batch"] > 2:
+            continue
+        us = np.sort(r["times_us"])
+        ax.plot(us, 1 - np.arange(len(us)) / len(us), label=f"{r['model']} {r['backend']} b{r['batch']}")
+    ax.axvline(DEADLINE_US, color="red", linestyle="--", label="deadline 1451 us")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("microseconds per call")
+    ax.set_ylabel("fraction of calls slower")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
