@@ -61,7 +61,7 @@ def score_track(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, esti
 
 
 def evaluate(data: str, models: list, target: str = "drums", subset: str = "test",
-             max_tracks: int | None = None, progress=None) -> dict:
+             max_tracks: int | None = None, seconds: float | None = None, progress=None) -> dict:
     """Score `models` (loaded runtime backends) on a musdb-layout folder's `subset` tracks."""
     from ..runtime.separate import separate_array, model_name
     from ..train.dataset import open_db
@@ -74,7 +74,8 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
     for t in tracks:
         mix = t.audio.astype(np.float32)
         stems = {k: v.audio.astype(np.float32) for k, v in t.sources.items()}
-        n = len(mix) // models[0].info.frame * models[0].info.frame
+        n = len(mix) if seconds is None else min(len(mix), int(seconds * rate))
+        n = n // models[0].info.frame * models[0].info.frame  # museval runs ~1x real time
         mix, stems = mix[:n], {k: v[:n] for k, v in stems.items()}
         ests = {model_name(Path(m.path), target): separate_array(m.run, mix, m.info.frame, m.info.context)
                 for m in models}
@@ -85,5 +86,5 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
     methods = list(rows[0]["scores"]) if rows else []
     median = {m: {k: float(np.nanmedian([r["scores"][m][k] for r in rows])) for k in ("sdr", "sir", "sar")}
               for m in methods}
-    return {"target": target, "data": str(data), "subset": subset, "methods": methods,
+    return {"target": target, "data": str(data), "subset": subset, "seconds_per_track": seconds, "methods": methods,
             "median": median, "rows": rows}

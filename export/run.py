@@ -30,7 +30,7 @@ class Thresholds:
     # int8 formats must also stay close to Keras' output: a broken quantization can score a
     # *higher* SDR than a weak model (a mask stuck open returns the mixture), which the SDR
     # rule alone would pass.
-    min_int8_snr: float = 10.0
+    min_int8_snr: float = 3.0
 
 
 # suffix -> the check that applies to it

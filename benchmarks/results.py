@@ -1,0 +1,91 @@
+"""Regenerate benchmarks/RESULTS.md: latency of every shipped format (and Keras when a run is
+given) and, with --data, separation quality on that dataset's test split.
+
+    python -m unetsep.benchmarks.results [--data DIR] [--keras RUN_DIR] [--tracks N]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="dataset for `unetsep evaluate` (its test split)")
+    p.add_argument("--keras", help="run directory: add the Keras reference to the latency table")
+    p.add_argument("--tracks", type=int, help="evaluate only the first N test tracks")
+    p.add_argument("--seconds", type=float, help="evaluate only the first S seconds of each track")
+    p.add_argument("--frames", type=int, default=10000)
+    args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp())
+    cli = [sys.executable, "-m", "unetsep.cli"]
+    bench_cmd = ["bench", "--frames", str(args.frames), "--json", str(tmp / "b.json"),
+                 "--plot", str(HERE / "latency.png")] + (["--keras", args.keras] if args.keras else [])
+    subprocess.run(cli + bench_cmd, check=True)
+    b = json.loads((tmp / "b.json").read_text())
+    lines = ["# Results", "", f"Generated {datetime.date.today()} on {machine()} by "
+             f"`python -m unetsep.benchmarks.results {' '.join(argv or sys.argv[1:])}`.", "",
+             "## Latency per call (`unetsep bench`, 1 intra-op thread, interleaved)", "",
+             f"`unetsep {' '.join(bench_cmd[:3])}`; at least {args.frames} frames per configuration. "
+             "Batch 1 = mono live, 2 = stereo live (one 64-sample period each), 256 = file mode "
+             "(128 stereo frames). Deadline: 1451 us per period.", "",
+             "| model | backend | batch | p50 us | p99 us | p99.9 us | max us | us/frame p50 | "
+             "deadline misses | x bound | stereo s/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in b["results"]:
+        sps = r.get("stereo_seconds_per_second")
+        lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
+                     f"{r['p999_us']:.0f} | {r['max_us']:.0f} | {r['p50_us_per_frame']:.1f} | "
+                     f"{r['deadline_misses']} / {r['calls']} | {r.get('x_bound', float('nan')):.1f} | "
+                     f"{'-' if sps is None else f'{sps:.0f}'} |")
+    bd = b.get("bound")
+    if bd:
+        lines += ["", f"Physical bound (same run): {bd['flops_per_frame'] / 1e6:.2f} MFLOP and "
+                  f"{bd['weight_bytes'] / 1e6:.2f} MB of float32 weights per frame; this core's float32 "
+                  f"GEMM {bd['gemm_gflops']:.1f} GFLOP/s and memory read {bd['memory_gbs']:.1f} GB/s give "
+                  f"{bd['compute_bound_us']:.1f} us (compute) and {bd['memory_bound_us']:.1f} us (weights "
+                  f"from DRAM) per frame; x bound = p50 per frame / {bd['bound_us']:.1f} us.",
+                  "", "![latency CDF](latency.png)"]
+    if args.data:
+        ev_cmd = ["evaluate", "--data", args.data, "--json", str(tmp / "e.json"),
+                  "--plot", str(HERE / "sdr.png")] + (["--tracks", str(args.tracks)] if args.tracks else []) \
+            + (["--seconds", str(args.seconds)] if args.seconds else [])
+        subprocess.run(cli + ev_cmd, check=True)
+        e = json.loads((tmp / "e.json").read_text())
+        lines += ["", f"## Separation quality (`unetsep evaluate --data {args.data}`)", "",
+                  f"{e['target']} on {len(e['tracks'])} test tracks"
+                  + (f" (first {args.seconds:g} s of each)" if args.seconds else "") + "; museval v4, median over 1 s frames, "
+                  "then over tracks.", "", "| method | SDR | SIR | SAR |", "|---|---|---|---|"]
+        for m, s in e["median"].items():
+            lines.append(f"| {m} | {s['sdr']:.2f} | {s['sir']:.2f} | {s['sar']:.2f} |")
+        lines += ["", "![SDR per track](sdr.png)"]
+    (HERE / "RESULTS.md.tmp").write_text("\n".join(lines) + "\n")
+    os.replace(HERE / "RESULTS.md.tmp", HERE / "RESULTS.md")
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

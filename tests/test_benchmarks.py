@@ -1,0 +1,54 @@
+"""`unetsep bench` and `unetsep evaluate`: the schema of their JSON and known cases."""
+from __future__ import annotations
+
+import json
+
+import musdb
+import numpy as np
+
+from conftest import unetsep
+
+
+def test_bench_schema(exported, tmp_path):
+    unetsep("bench", "--model", exported / "drums.onnx", "--model", exported / "drums.tflite",
+            "--frames", 300, "--batch", 1, 2, "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png")
+    out = json.loads((tmp_path / "b.json").read_text())
+    assert len(out["results"]) == 4
+    for r in out["results"]:
+        for key in ("model", "backend", "provider", "batch", "frames", "p50_us", "p99_us", "p999_us",
+                    "max_us", "deadline_us", "deadline_misses"):
+            assert key in r, key
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
+        assert r["frames"] >= 300 and r["deadline_us"] > 1450
+    assert out["bound"]["gemm_gflops"] > 0 and out["bound"]["bound_us"] > 0
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_evaluate_schema_and_oracles(dataset, exported, tmp_path):
+    unetsep("evaluate", "--data", dataset, "--model", exported / "drums.onnx", "--json",
+            tmp_path / "e.json", "--plot", tmp_path / "e.png")
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["target"] == "drums" and len(out["tracks"]) == 2  # the test split
+    assert all({"name", "sdr"} <= set(t) for t in out["tracks"])
+    assert np.isfinite(out["median_sdr"])
+    for t in out["tracks"]:  # the 2048-sample oracle beats the mixture used as the estimate
+        assert t["scores"]["irm2048"]["sdr"] > t["scores"]["mixture"]["sdr"]
+
+
+def test_known_cases(dataset):
+    import museval
+
+    from unetsep.benchmarks.quality import museval_scores, score_track
+
+    track = musdb.DB(root=str(dataset), is_wav=True, subsets="test").tracks[0]
+    mix = track.audio.astype(np.float32)
+    stems = {k: v.audio.astype(np.float32) for k, v in track.sources.items()}
+    truth = stems["drums"]
+    scores = score_track(mix, stems, "drums", {"self": truth}, track.rate, oracles=False)
+    assert scores["self"]["sdr"] > 60  # the truth scored against itself
+    # The mixture baseline is museval's own figure on the same arrays.
+    sdr, _, _, _ = museval.evaluate(np.stack([truth, mix - truth]), np.stack([mix, mix]),
+                                    win=track.rate, hop=track.rate)
+    assert np.isclose(scores["mixture"]["sdr"], np.nanmedian(sdr[0]))
+    assert museval_scores(np.stack([truth, mix - truth]), np.zeros((2, *mix.shape)),
+                          track.rate)["sdr"] == float("-inf")

@@ -1,0 +1,40 @@
+"""The shipped default model: loads, carries its contract, separates through the real CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from conftest import unetsep
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def test_shipped_model_and_card():
+    from unetsep.runtime.backends import default_model_path, load_model
+
+    assert default_model_path() == SHIPPED / "drums.onnx"
+    m = load_model(default_model_path())
+    assert (m.info.frame, m.info.sample_rate, m.info.target, m.info.preset) == (64, 44100, "drums", "seed")
+    report = json.loads((SHIPPED / "report.json").read_text())
+    assert all(not r["reason"] for r in report["formats"] if r["written"])
+    assert (SHIPPED / "MODEL.md").is_file()
+
+
+def test_separate_with_the_shipped_model(song, tmp_path):
+    unetsep("separate", song, "-o", tmp_path)  # no --model: the shipped one
+    d, rate = sf.read(tmp_path / "default" / song.stem / "drums.wav")
+    nd, _ = sf.read(tmp_path / "default" / song.stem / "no_drums.wav")
+    x, _ = sf.read(song)
+    assert rate == 44100 and d.shape == x.shape
+    assert np.abs(d + nd - x).max() < 1e-5
+    assert 0 < np.sqrt(np.mean(d ** 2)) < np.sqrt(np.mean(x ** 2))
+
+
+def test_demo(tmp_path):
+    proc = unetsep("demo", "--seconds", 6, "-o", tmp_path)
+    assert "drums SDR" in proc.stdout and "p50" in proc.stdout and "p99" in proc.stdout
+    folder = Path(proc.stdout.strip().splitlines()[-1].split("stems written to ")[1].split("/ (")[0])
+    assert {p.name for p in folder.iterdir()} == {"drums.wav", "no_drums.wav", "mixture.wav"}
