@@ -40,6 +40,7 @@ def main(argv=None) -> None:
     p.add_argument("--tracks", type=int, help="evaluate only the first N test tracks")
     p.add_argument("--seconds", type=float, help="evaluate only the first S seconds of each track")
     p.add_argument("--frames", type=int, default=10000)
+    p.add_argument("--evaluation", help="reuse this `unetsep evaluate --json` file instead of rerunning it")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp())
     cli = [sys.executable, "-m", "unetsep.cli"]
@@ -73,8 +74,11 @@ def main(argv=None) -> None:
         ev_cmd = ["evaluate", "--data", args.data, "--json", str(tmp / "e.json"),
                   "--plot", str(HERE / "sdr.png")] + (["--tracks", str(args.tracks)] if args.tracks else []) \
             + (["--seconds", str(args.seconds)] if args.seconds else [])
-        subprocess.run(cli + ev_cmd, check=True)
-        e = json.loads((tmp / "e.json").read_text())
+        if args.evaluation:
+            e = json.loads(Path(args.evaluation).read_text())
+        else:
+            subprocess.run(cli + ev_cmd, check=True)
+            e = json.loads((tmp / "e.json").read_text())
         lines += ["", f"## Separation quality (`unetsep evaluate --data {args.data}`)", "",
                   f"{e['target']} on {len(e['tracks'])} test tracks"
                   + (f" (first {args.seconds:g} s of each)" if args.seconds else "") + "; museval v4, median over 1 s frames, "

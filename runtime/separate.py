@@ -38,8 +38,9 @@ def separate_array(run, audio: np.ndarray, frame: int, context: int, batch: int 
 
 
 def model_name(path: Path, target: str) -> str:
-    """models/default/drums.int8.onnx -> 'default-int8'; a stray file -> its stem."""
-    variant = path.name.split(".")[1:-1]
+    """models/default/drums.int8.onnx -> 'default-int8', drums.int8.tflite -> 'default-int8-tflite';
+    a stray file -> its stem."""
+    variant = path.name.split(".")[1:-1] + (["tflite"] if path.suffix == ".tflite" else [])
     base = path.parent.name if path.name.split(".")[0] == target else path.stem
     return "-".join([base, *variant])
 

@@ -79,7 +79,7 @@ def test_formats_rates_channels(exported, song, tmp_path, fmt, rate, channels):
 
 def test_tflite_model_separates(exported, song, tmp_path):
     unetsep("separate", song, "--model", exported / "drums.tflite", "-o", tmp_path)
-    assert (tmp_path / "tiny" / song.stem / "drums.wav").is_file()
+    assert (tmp_path / "tiny-tflite" / song.stem / "drums.wav").is_file()
 
 
 def test_bad_inputs_fail_alone(exported, song, tmp_path):
