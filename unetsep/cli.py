@@ -167,7 +167,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if bound:
         print(f"bound: {bound['flops_per_frame'] / 1e6:.2f} MFLOP and {bound['weight_bytes'] / 1e6:.2f} MB "
               f"per frame; GEMM {bound['gemm_gflops']:.1f} GFLOP/s, memory {bound['memory_gbs']:.1f} GB/s "
-              f"-> {bound['bound_us']:.1f} us/frame")
+              f"-> {bound['compute_bound_us']:.1f} us/frame compute bound ({bound['memory_bound_us']:.1f} "
+              f"us if the weights came from DRAM each frame)")
     if args.plot:
         latency.plot_cdf(results, args.plot)
     if args.json:
