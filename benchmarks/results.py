@@ -40,6 +40,7 @@ def main(argv=None) -> None:
     p.add_argument("--tracks", type=int, help="evaluate only the first N test tracks")
     p.add_argument("--seconds", type=float, help="evaluate only the first S seconds of each track")
     p.add_argument("--frames", type=int, default=10000)
+    p.add_argument("--live", help="a `unetsep live --json` file to quote in the speed goals")
     p.add_argument("--evaluation", help="reuse this `unetsep evaluate --json` file instead of rerunning it")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp())
@@ -48,6 +49,14 @@ def main(argv=None) -> None:
                  "--plot", str(HERE / "latency.png")]
     subprocess.run(cli + bench_cmd, check=True)
     b = json.loads((tmp / "b.json").read_text())
+    # The live case runs one model alone: interleaving with other models evicts its weights from
+    # the cache between calls, so time the default model by itself too.
+    default = str(HERE.parent / "models" / "default" / "drums.onnx")
+    subprocess.run(cli + ["bench", "--model", default, "--batch", "1", "2", "--frames",
+                          str(2 * args.frames), "--json", str(tmp / "alone.json")], check=True)
+    for r in json.loads((tmp / "alone.json").read_text())["results"]:
+        r["model"] += " (alone)"
+        b["results"].append(r)
     if args.keras:
         # Keras is timed in its own process: TensorFlow's spinning thread pools and cache traffic
         # would otherwise slow the runtimes it is interleaved with.
@@ -79,6 +88,32 @@ def main(argv=None) -> None:
                   f"{bd['compute_bound_us']:.1f} us (compute) and {bd['memory_bound_us']:.1f} us (weights "
                   f"from DRAM) per frame; x bound = p50 per frame / {bd['bound_us']:.1f} us.",
                   "", "![latency CDF](latency.png)"]
+    alone = {r["batch"]: r for r in b["results"] if r["model"].endswith("(alone)")}
+    if 1 in alone and 2 in alone:
+        def verdict(value, goal):
+            return f"{value:.0f} us (goal <= {goal}: {'met' if value <= goal else 'NOT met'})"
+
+        lines += ["", "## Speed goals (issue 6), default float32 ONNX alone, 1 thread", "",
+                  f"- mono frame p50 {verdict(alone[1]['p50_us'], 250)}, p99.9 "
+                  f"{verdict(alone[1]['p999_us'], 600)}",
+                  f"- stereo frame (batch 2) p99.9 {verdict(alone[2]['p999_us'], 1000)}",
+                  f"- float32 ONNX p50 {verdict(alone[1]['p50_us'], 500)}",
+                  f"- file mode, batch 256, 1 thread: "
+                  f"{[r for r in b['results'] if r['model'] == 'default' and r['batch'] == 256][0]['stereo_seconds_per_second']:.1f}"
+                  " s of stereo audio per second (`unetsep separate` uses 2 threads)"]
+        if args.live:
+            lv = json.loads(Path(args.live).read_text())
+            lines.append(f"- `unetsep live` stereo, 64-sample period, {lv['seconds']:.0f} s on the JACK dummy "
+                         f"driver: {lv['callbacks']} callbacks, {lv.get('xruns_after_first_second', lv['xruns'])} "
+                         f"xruns after the first second (goal 0: "
+                         f"{'met' if lv.get('xruns_after_first_second', lv['xruns']) == 0 else 'NOT met'}), "
+                         f"callback p99 {lv.get('callback_p99_us', 0):.0f} us, max {lv.get('callback_max_us', 0):.0f} us")
+        lines += ["", "Tried, with figures in the export report: tf2onnx's output (282 nodes dynamic, "
+                  "102 static); the lean 40-node graph (BN folded, Gemm for the length-1/2 layers: this is "
+                  "what ships); onnxruntime static QDQ int8 (slower than float32: Q/DQ around every op); "
+                  "LiteRT float32/fp16/int8 with XNNPACK (all slower than the lean ONNX at batch 1). "
+                  "Not tried yet: sub-pixel Conv for the 4 remaining ConvTranspose, NCHWc layouts, a "
+                  "per-op profile."]
     if args.data:
         ev_cmd = ["evaluate", "--data", args.data, "--json", str(tmp / "e.json"),
                   "--plot", str(HERE / "sdr.png")] + (["--tracks", str(args.tracks)] if args.tracks else []) \
