@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..runtime.files import write_text_atomic
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -130,8 +132,7 @@ def main(argv=None) -> None:
         for m, s in e["median"].items():
             lines.append(f"| {m} | {s['sdr']:.2f} | {s['sir']:.2f} | {s['sar']:.2f} |")
         lines += ["", "![SDR per track](sdr.png)"]
-    (HERE / "RESULTS.md.tmp").write_text("\n".join(lines) + "\n")
-    os.replace(HERE / "RESULTS.md.tmp", HERE / "RESULTS.md")
+    write_text_atomic(HERE / "RESULTS.md", "\n".join(lines) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 

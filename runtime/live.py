@@ -61,6 +61,7 @@ class Live:
         self.engine = StreamEngine(model, channels, max_block=blocksize)
         lat = self.engine.latency
         self.est = np.zeros((blocksize, channels), np.float32)
+        self.rest = np.zeros((blocksize, channels), np.float32)
         # Dry input delayed by the engine's latency, for the residual.
         self.delay = np.zeros((lat + blocksize, channels), np.float32)
         self.times = np.zeros(1 << 20, np.float64)  # callback durations (s), preallocated
@@ -79,7 +80,7 @@ class Live:
                 outdata[:] = self.est
             else:
                 self.delay[lat:] = indata
-                rest = self.delay[:frames] - self.est
+                rest = np.subtract(self.delay[:frames], self.est, out=self.rest)
                 if self.mix == "no-drums":
                     outdata[:] = rest
                 else:

@@ -83,12 +83,14 @@ def separate_file(path: Path, model, out_root: Path, progress=None) -> Path:
             raise UserError(f"cannot create {track}: {e.strerror}; pass another -o folder") from None
         names = (f"{info.target}.wav", f"no_{info.target}.wav")
         tmps = [track / f".{n}.{os.getpid()}.tmp" for n in names]
+        writers = []
         try:
-            writers = [sf.SoundFile(str(t), "w", samplerate=rate, channels=channels, subtype="FLOAT",
-                                    format="WAV") for t in tmps]
-        except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise UserError(f"cannot write to {track} ({e}); pass another -o folder") from None
-        try:
+            try:
+                for t in tmps:
+                    writers.append(sf.SoundFile(str(t), "w", samplerate=rate, channels=channels,
+                                                subtype="FLOAT", format="WAV"))
+            except (sf.LibsndfileError, RuntimeError, OSError) as e:
+                raise UserError(f"cannot write to {track} ({e}); pass another -o folder") from None
             _stream(src, model, writers, rate, channels, total, progress)
         except BaseException:
             for w in writers:

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..runtime.errors import UserError
+from ..runtime.files import write_atomic
 from .model import UNetConfig, build_unet, compile_unet, preset
 
 CHECKPOINTS = "checkpoint"
@@ -69,19 +70,12 @@ def is_chief() -> bool:
                                            and task.get("index", 0) == 0)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_history(run: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, HISTORY_FIELDS)
     w.writeheader()
     w.writerows(rows)
-    _atomic_write(run / "history.csv", lambda p: p.write_text(buf.getvalue()))
+    write_atomic(run / "history.csv", lambda p: p.write_text(buf.getvalue()))
 
 
 def read_history(run: Path) -> list[dict]:
@@ -109,7 +103,7 @@ def plot_history(rows: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -141,7 +135,7 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
             _write_history(target, rows)
             plot_history(rows, target / "loss.png")
             ckpt = target / CHECKPOINTS / f"epoch-{epoch + 1:04d}.keras"
-            _atomic_write(ckpt, lambda p: self.model.save(p))
+            write_atomic(ckpt, lambda p: self.model.save(p))
             for old in (target / CHECKPOINTS).glob("epoch-*.keras"):
                 if old != ckpt:
                     old.unlink()
@@ -187,7 +181,7 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     if (run / "config.json").is_file():
         _check_resumable(run, cfg)
     elif chief:
-        _atomic_write(run / "config.json", lambda p: p.write_text(cfg.to_json()))
+        write_atomic(run / "config.json", lambda p: p.write_text(cfg.to_json()))
 
     keras.utils.set_random_seed(seed)
     dist = make_strategy(strategy)
@@ -218,5 +212,5 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
               callbacks=[recorder], shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stderr.isatty() else 0)
     if chief:
-        _atomic_write(run / "model.keras", lambda p: model.save(p))
+        write_atomic(run / "model.keras", lambda p: model.save(p))
     return run / "model.keras"

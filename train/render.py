@@ -20,6 +20,7 @@ import soundfile as sf
 
 from ..runtime.contract import SAMPLE_RATE, TARGETS
 from ..runtime.errors import UserError
+from ..runtime.files import write_text_atomic
 from .compose import Song, compose
 
 SOUNDFONT_PATHS = (
@@ -193,7 +194,7 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
         for _ in done:
             pass
     shutil.rmtree(staging, ignore_errors=True)
-    _write_text_atomic(out / "setup.yaml", _setup_yaml(plan.validation))
+    write_text_atomic(out / "setup.yaml", _setup_yaml(plan.validation))
     return out
 
 
@@ -216,8 +217,3 @@ def _render_track(job) -> None:
         sf.write(tmp / f"{stem}.wav", a, SAMPLE_RATE, subtype="PCM_16")
     os.replace(tmp, final)
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

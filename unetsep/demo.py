@@ -1,7 +1,6 @@
 """`unetsep demo`: a song the shipped model never heard, separated in streaming mode, scored and timed."""
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -29,9 +28,9 @@ def stream_file(model, mix: np.ndarray, block: int = 64) -> np.ndarray:
 def write_wav_atomic(path: Path, audio: np.ndarray, rate: int) -> None:
     import soundfile as sf
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(str(tmp), audio, rate, subtype="FLOAT", format="WAV")
-    os.replace(tmp, path)
+    from unetsep.runtime.files import write_atomic
+
+    write_atomic(path, lambda p: sf.write(str(p), audio, rate, subtype="FLOAT", format="WAV"))
 
 
 def run(out: str = "separated", model_path: str | None = None, seconds: float = 20.0) -> None:
