@@ -154,3 +154,79 @@ def validation_frames(tracks: list, target: str, frame: int, max_frames: int = 6
 def total_frames(tracks: list, frame: int) -> int:
     """Frames in one pass over `tracks`, both channels (MUSDB18 is stereo): the size of an epoch."""
     return int(sum(t.duration * t.rate // frame * 2 for t in tracks))
+
+
+# Streaming presets train on continuous segments (the state must learn to carry over seconds),
+# each channel of an excerpt one example; the target is stacked with the mixture so that the
+# loss can normalise by the mixture's level.
+
+
+def excerpts(tracks: list, target: str, seconds: float, seed: int):
+    """Endless (mix, target) excerpts, each (samples, channels) float32, `seconds` long (shorter
+    tracks are zero-padded), from random tracks drawn in proportion to their duration."""
+    durations = np.array([t.duration for t in tracks], dtype=float)
+    rng = np.random.default_rng(seed)
+    while True:
+        i = rng.choice(len(tracks), p=durations / durations.sum())
+        take = min(seconds, durations[i])
+        start = float(rng.uniform(0, durations[i] - take))
+        yield read_excerpt(tracks[i], target, start, take)
+
+
+def segment_examples(mix: np.ndarray, tgt: np.ndarray, segment: int, lookahead: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(samples, channels) excerpt -> x (channels, segment, 1), y (channels, segment, 2).
+
+    y holds the target delayed by `lookahead` samples (a model that looks ahead answers that late)
+    and the mixture; excerpts shorter than `segment` are padded with silence.
+    """
+    n = min(len(mix), segment)
+    x = np.zeros((mix.shape[1], segment, 1), np.float32)
+    y = np.zeros((mix.shape[1], segment, 2), np.float32)
+    x[:, :n, 0] = mix[:n].T
+    y[:, lookahead:n, 0] = tgt[:n - lookahead].T if n > lookahead else 0.0
+    y[:, :n, 1] = mix[:n].T
+    return x, y
+
+
+def segment_batches(source, segment: int, batch_size: int, lookahead: int = 0):
+    """Endless (x (B, segment, 1), y (B, segment, 2)) batches from an excerpt generator."""
+    xs, ys, have = [], [], 0
+    for mix, tgt in source:
+        x, y = segment_examples(mix, tgt, segment, lookahead)
+        xs.append(x)
+        ys.append(y)
+        have += len(x)
+        while have >= batch_size:
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            yield x[:batch_size], y[:batch_size]
+            xs, ys, have = [x[batch_size:]], [y[batch_size:]], have - batch_size
+
+
+def segment_dataset(tracks: list, target: str, segment: int, batch_size: int, seed: int,
+                    rate: int, lookahead: int = 0):
+    """tf.data over `segment_batches` of random excerpts, prefetched; memory: a few batches."""
+    import tensorflow as tf
+
+    source = excerpts(tracks, target, segment / rate, seed)
+    ds = tf.data.Dataset.from_generator(
+        lambda: segment_batches(source, segment, batch_size, lookahead),
+        output_signature=(tf.TensorSpec((batch_size, segment, 1), tf.float32),
+                          tf.TensorSpec((batch_size, segment, 2), tf.float32)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(2)
+
+
+def validation_segments(tracks: list, target: str, segment: int, rate: int, lookahead: int = 0,
+                        seconds: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed validation segments: the first `seconds` of each validation track cut into segments
+    (both channels). x (n, segment, 1), y (n, segment, 2)."""
+    xs, ys = [], []
+    for t in tracks:
+        mix, tgt = read_excerpt(t, target, 0.0, min(seconds, t.duration))
+        for a in range(0, max(1, len(mix) - segment // 2), segment):
+            x, y = segment_examples(mix[a:a + segment], tgt[a:a + segment], segment, lookahead)
+            xs.append(x)
+            ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)

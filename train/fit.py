@@ -26,10 +26,15 @@ from ..runtime.files import write_atomic
 from .model import UNetConfig, build_unet, compile_unet, preset
 
 CHECKPOINTS = "checkpoint"
-HISTORY_FIELDS = ("epoch", "loss", "val_loss", "seconds", "frames_per_s")
+# zero_estimate: the loss of an all-zero estimate on the same data; a loss sitting there means the
+# model has learned silence. frames_per_s counts 64-sample hops of one channel.
+HISTORY_FIELDS = ("epoch", "loss", "zero_estimate", "val_loss", "val_zero_estimate", "seconds",
+                  "frames_per_s")
+SILENT_RATIO = 0.95  # validation loss above this fraction of the zero estimate's: warn
 # Fields that must match for a run directory to be resumed with a new command line.
 RESUME_KEYS = ("preset", "target", "frame", "context", "filters", "kernel_size", "stride",
-               "batch_size", "learning_rate")
+               "batch_size", "learning_rate", "streaming", "taps", "memory_units", "lookahead",
+               "segment_seconds", "loss")
 
 
 def configure_cpus(n: int) -> None:
@@ -72,7 +77,7 @@ def is_chief() -> bool:
 
 def _write_history(run: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, HISTORY_FIELDS)
+    w = csv.DictWriter(buf, HISTORY_FIELDS, restval="")
     w.writeheader()
     w.writerows(rows)
     write_atomic(run / "history.csv", lambda p: p.write_text(buf.getvalue()))
@@ -83,7 +88,8 @@ def read_history(run: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path) as f:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items() if v not in ("", None)}
+                for r in csv.DictReader(f)]
 
 
 def plot_history(rows: list[dict], path: Path) -> None:
@@ -97,8 +103,11 @@ def plot_history(rows: list[dict], path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r["loss"] for r in rows], "o-", label="train MAE")
     ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation MAE")
+    zero = [(r["epoch"], r["val_zero_estimate"]) for r in rows if "val_zero_estimate" in r]
+    if zero:
+        ax.plot(*zip(*zero), "k--", label="all-zero estimate (validation)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean absolute error")
+    ax.set_ylabel("loss (MAE, normalised for streaming presets)")
     ax.set_title("U-Net training")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -123,11 +132,18 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
 
         def on_epoch_end(self, epoch, logs=None):
             dt = time.perf_counter() - self.t0
-            row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "val_loss": float(logs["val_loss"]),
+            row = {"epoch": epoch + 1, "loss": float(logs["loss"]),
+                   "zero_estimate": float(logs["zero_estimate"]), "val_loss": float(logs["val_loss"]),
+                   "val_zero_estimate": float(logs["val_zero_estimate"]),
                    "seconds": round(dt, 2), "frames_per_s": round(frames_per_epoch / dt, 1)}
             rows.append(row)
-            print(f"epoch {epoch + 1}/{epochs}: train MAE {row['loss']:.5f}, validation MAE "
-                  f"{row['val_loss']:.5f}, {dt:.1f} s, {row['frames_per_s']:.0f} frames/s", flush=True)
+            print(f"epoch {epoch + 1}/{epochs}: train loss {row['loss']:.5f} (all-zero estimate "
+                  f"{row['zero_estimate']:.5f}), validation {row['val_loss']:.5f} (all-zero "
+                  f"{row['val_zero_estimate']:.5f}), {dt:.1f} s, {row['frames_per_s']:.0f} frames/s",
+                  flush=True)
+            if row["val_loss"] >= SILENT_RATIO * row["val_zero_estimate"]:
+                print(f"warning: the validation loss is above {SILENT_RATIO:.0%} of an all-zero "
+                      f"estimate's: the model does little better than silence", flush=True)
             target = run if chief else Path(os.environ.get("TMPDIR", "/tmp")) / f"unetsep-worker-{os.getpid()}"
             (target / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             # History first, then the checkpoint: a kill in between redoes this epoch on resume,
@@ -157,7 +173,8 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     """Train (or resume) a run in `out`; returns the path of the trained model.keras."""
     import keras
 
-    from .dataset import open_db, total_frames, training_dataset, validation_frames
+    from .dataset import (open_db, segment_dataset, total_frames, training_dataset, validation_frames,
+                          validation_segments)
 
     run = Path(out)
     cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size)
@@ -168,7 +185,9 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     if not valid_db.tracks:
         raise UserError(f"--data {data} has no validation tracks: add a setup.yaml naming them "
                         f"(as 'unetsep data' writes) or use MUSDB18's own track names")
-    steps = steps or max(1, total_frames(train_db.tracks, cfg.frame) // cfg.batch_size)
+    # One epoch: every hop of the training tracks once, in expectation.
+    frames_per_batch = cfg.batch_size * (cfg.segment // cfg.frame if cfg.streaming else 1)
+    steps = steps or max(1, total_frames(train_db.tracks, cfg.frame) // frames_per_batch)
     cfg = replace(cfg, extra={"data": str(Path(data).resolve()), "trained_on": Path(data).name,
                               "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
                               "train_tracks": len(train_db.tracks),
@@ -198,17 +217,26 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
             model = compile_unet(build_unet(cfg, stock_layers=stock_layers), cfg)
     rows = [r for r in read_history(run) if r["epoch"] <= initial_epoch]
 
-    # Each epoch's data stream gets its own seed, so a resumed run sees fresh excerpts.
-    ds = training_dataset(train_db.tracks, cfg.target, cfg.frame, cfg.batch_size,
-                          seed=seed * 100003 + initial_epoch)
-    xv, yv = validation_frames(valid_db.tracks, cfg.target, cfg.frame)
+    # A resumed run's data stream gets its own seed, so it sees fresh excerpts.
+    stream_seed = seed * 100003 + initial_epoch
+    if cfg.streaming:
+        ds = segment_dataset(train_db.tracks, cfg.target, cfg.segment, cfg.batch_size, stream_seed,
+                             cfg.sample_rate, cfg.lookahead)
+        xv, yv = validation_segments(valid_db.tracks, cfg.target, cfg.segment, cfg.sample_rate,
+                                     cfg.lookahead)
+        unit = f"{cfg.segment_seconds:g} s segments"
+    else:
+        ds = training_dataset(train_db.tracks, cfg.target, cfg.frame, cfg.batch_size, seed=stream_seed)
+        xv, yv = validation_frames(valid_db.tracks, cfg.target, cfg.frame)
+        unit = "frames"
     print(f"training {cfg.preset} ({model.count_params():,} parameters) on {len(train_db.tracks)} "
-          f"tracks, validating on {len(valid_db.tracks)} ({len(xv):,} frames); {steps} steps of "
-          f"{cfg.batch_size} frames per epoch, {dist.num_replicas_in_sync} replica"
+          f"tracks, validating on {len(valid_db.tracks)} ({len(xv):,} {unit}); {steps} steps of "
+          f"{cfg.batch_size} {unit} per epoch, {dist.num_replicas_in_sync} replica"
           f"{'s' if dist.num_replicas_in_sync > 1 else ''}", flush=True)
-    recorder = _make_recorder(run, rows, steps * cfg.batch_size, cfg.epochs, chief)
+    recorder = _make_recorder(run, rows, steps * frames_per_batch, cfg.epochs, chief)
     model.fit(ds, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-              validation_data=(xv, yv), validation_batch_size=max(cfg.batch_size, 2048),
+              validation_data=(xv, yv),
+              validation_batch_size=cfg.batch_size if cfg.streaming else max(cfg.batch_size, 2048),
               callbacks=[recorder], shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stderr.isatty() else 0)
     if chief:

@@ -87,3 +87,89 @@ class Conv1DTranspose(keras.layers.Conv1DTranspose):
         if self.use_bias:
             y = y + self.bias
         return self.activation(y) if self.activation is not None else y
+
+
+@keras.saving.register_keras_serializable(package="unetsep")
+class CausalConv(keras.layers.Layer):
+    """A causal convolution over a sequence, with an optional stride (`fold`) or sub-pixel
+    upsampling (`unfold`): the building block of the streaming U-Net.
+
+        x (B, L, C) ──fold──► (B, L/fold, fold*C) ──taps──► (B, L/fold, unfold*F) ──unfold──► (B, L/fold*unfold, F)
+
+    Folding `fold` consecutive samples into one vector makes every output window end at the last
+    sample of its group: with fold=2, output j sees inputs ..., 2j, 2j+1, so the deepest step of
+    hop n has heard all 64 samples of hop n (a plain causal stride-2 window would end at 2j and
+    miss the hop's last sample). Each output sees `taps` folded steps: itself and taps-1 before.
+
+    Streaming: `call(x, state)` takes the last taps-1 folded steps of the previous call
+    (B, taps-1, fold*C) instead of zeros and also returns the next state; calls on consecutive
+    chunks then compute exactly what one call on the whole sequence computes.
+    """
+
+    def __init__(self, filters: int, taps: int = 3, fold: int = 1, unfold: int = 1,
+                 activation=None, **kwargs):
+        super().__init__(**kwargs)
+        if taps < 2:
+            raise ValueError(f"CausalConv needs taps >= 2, got {taps}")
+        self.filters, self.taps, self.fold, self.unfold = filters, taps, fold, unfold
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        cin = input_shape[-1] * self.fold
+        self.kernel = self.add_weight(name="kernel", shape=(self.taps, cin, self.unfold * self.filters),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.unfold * self.filters,), initializer="zeros")
+
+    def state_shape(self, channels: int) -> tuple[int, int]:
+        """Shape of the carried state per stream: (taps - 1, fold * input channels)."""
+        return self.taps - 1, self.fold * channels
+
+    def call(self, x, state=None):
+        cin = x.shape[-1] * self.fold
+        x = ops.reshape(x, (ops.shape(x)[0], -1, cin))  # (B, n, fold*C): fold samples per step
+        if state is None:
+            xp = ops.pad(x, ((0, 0), (self.taps - 1, 0), (0, 0)))  # silence before the start
+        else:
+            xp = ops.concatenate([state, x], axis=1)  # (B, taps-1+n, fold*C)
+        # cols[:, j] = steps j .. j+taps-1 of xp, i.e. inputs j-taps+1 .. j   (B, n, taps*fold*C)
+        # (static slice bounds: the length is dynamic)
+        cols = ops.concatenate([xp[:, t:(t - self.taps + 1) or None] for t in range(self.taps)], axis=-1)
+        y = ops.matmul(cols, ops.reshape(self.kernel, (self.taps * cin, -1))) + self.bias
+        y = ops.reshape(y, (ops.shape(y)[0], -1, self.filters))  # (B, n*unfold, F)
+        y = self.activation(y) if self.activation is not None else y
+        if state is None:
+            return y
+        return y, xp[:, 1 - self.taps:]  # the last taps-1 steps: the next call's state
+
+    def compute_output_shape(self, input_shape):
+        length = input_shape[1]
+        out = None if length is None else length // self.fold * self.unfold
+        return (input_shape[0], out, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "taps": self.taps, "fold": self.fold,
+                "unfold": self.unfold, "activation": keras.activations.serialize(self.activation)}
+
+
+@keras.saving.register_keras_serializable(package="unetsep")
+class Delay(keras.layers.Layer):
+    """Delays a sequence by `steps` (silence first): aligns the skips and the mixture with a
+    bottleneck that looked ahead. x (B, L, C) -> (B, L, C); streaming state (B, steps, C)."""
+
+    def __init__(self, steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+
+    def call(self, x, state=None):
+        if self.steps == 0:
+            return x if state is None else (x, state)
+        if state is None:
+            return ops.pad(x, ((0, 0), (self.steps, 0), (0, 0)))[:, :-self.steps]
+        xp = ops.concatenate([state, x], axis=1)
+        return xp[:, :-self.steps], xp[:, -self.steps:]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "steps": self.steps}

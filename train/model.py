@@ -28,8 +28,16 @@ class UNetConfig:
     dropout: float = 0.5
     dropout_after: tuple[int, ...] = (0, 2)  # decoder steps (0 = first upsampling) with dropout
     learning_rate: float = 1e-3
-    batch_size: int = 512
+    batch_size: int = 512  # frames (seed) or segments (streaming presets)
     epochs: int = 40
+    # Streaming U-Net (contract v2): causal across hops, state carried between calls.
+    streaming: bool = False
+    taps: int = 3  # folded steps each causal conv sees (itself and taps-1 before)
+    memory_units: int = 0  # GRU units at the bottleneck, one step per hop (0: none)
+    lookahead: int = 0  # samples (whole hops) the output waits for
+    segment_seconds: float = 0.0  # training examples: continuous segments of this length
+    burn_in_seconds: float = 0.0  # no loss on the first seconds of a segment (zero initial state)
+    loss: str = "mae"  # mae (the seed's) | nmae (MAE normalised by the mixture level, per segment)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -42,12 +50,31 @@ class UNetConfig:
             d[k] = tuple(d[k])
         return cls(**d)
 
+    @property
+    def segment(self) -> int:
+        """Samples per training segment, a whole number of hops."""
+        return int(self.segment_seconds * self.sample_rate) // self.frame * self.frame
+
+    @property
+    def burn_in(self) -> int:
+        return int(self.burn_in_seconds * self.sample_rate)
+
 
 PRESETS = {
     # The seed: 64-sample frames, six stride-2 levels down to one sample of 512 channels.
     "seed": UNetConfig(),
     # Same shape, an eighth of the channels: for tests and quick trials.
     "tiny": UNetConfig(preset="tiny", filters=(2, 4, 8, 16, 32, 64)),
+    # Causal across hops with a GRU memory at the bottleneck (one step per 64-sample hop), still
+    # 64 samples of latency; half the seed's widths keep a hop under the seed's FLOPs. Trained on
+    # 3 s segments, the first 0.5 s without loss so the model never learns the zero start state.
+    "stream": UNetConfig(preset="stream", filters=(8, 16, 32, 64, 128, 256), streaming=True,
+                         memory_units=256, dropout_after=(), batch_size=8, epochs=12,
+                         segment_seconds=3.0, burn_in_seconds=0.5, loss="nmae"),
+    # The same design at an eighth of the channels: tests.
+    "tiny-stream": UNetConfig(preset="tiny-stream", filters=(2, 2, 4, 8, 8, 16), streaming=True,
+                              memory_units=8, dropout_after=(), batch_size=4, epochs=2,
+                              segment_seconds=1.0, burn_in_seconds=0.25, loss="nmae"),
 }
 
 
@@ -60,6 +87,11 @@ def preset(name: str, **overrides) -> UNetConfig:
 
 
 def build_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model:
+    """The model of `cfg`: the frame U-Net (seed) or the streaming U-Net."""
+    return build_stream_unet(cfg) if cfg.streaming else build_frame_unet(cfg, stock_layers)
+
+
+def build_frame_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model:
     """mix (batch, context, 1) -> stem (batch, frame, 1): a sigmoid mask times the mixture.
 
     Each encoder step halves the length (64 -> 32 -> ... -> 1 for the seed); each decoder step
@@ -99,8 +131,113 @@ def build_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model:
     return keras.Model(mix, stem, name=f"unet_{cfg.preset}")
 
 
+def build_stream_unet(cfg: UNetConfig) -> keras.Model:
+    """mix (batch, T*frame, 1) -> stem (batch, T*frame, 1), causal: a sigmoid mask times the mixture.
+
+    The seed's U-Net made causal across hops: each encoder step folds two samples into one and
+    convolves causally (a window ends at the last sample of its pair), so the sixth level runs one
+    step per 64-sample hop, having heard all of that hop. A GRU there carries memory from hop to
+    hop. The decoder upsamples causally (sub-pixel: each step makes two) with the skips
+    concatenated, so the estimate of hop n uses input up to the end of hop n (+ lookahead) only.
+    With `lookahead` L samples the skips and the mixture are delayed by L: output sample t is the
+    estimate for input sample t - L, made after the bottleneck heard L more samples.
+    """
+    if cfg.frame != 2 ** len(cfg.filters):
+        raise UserError(f"frame {cfg.frame} must equal 2**levels = {2 ** len(cfg.filters)}")
+    if cfg.lookahead % cfg.frame:
+        raise UserError(f"lookahead {cfg.lookahead} must be a whole number of hops ({cfg.frame} samples)")
+    hops_ahead = cfg.lookahead // cfg.frame
+    mix = keras.Input((None, 1), name=INPUT_NAME)  # (B, T*64, 1)
+
+    # Encoder: fold two samples, causal conv, BatchNorm, LeakyReLU; keep each output for the skips.
+    x, skips = mix, []
+    for i, f in enumerate(cfg.filters):
+        x = fast.CausalConv(f, cfg.taps, fold=2, name=f"enc{i + 1}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"enc{i + 1}_bn")(x)
+        x = keras.layers.LeakyReLU(cfg.leaky_slope, name=f"enc{i + 1}_lrelu")(x)
+        skips.append(x)  # (B, T*64 / 2**(i+1), f): level 6 is one step per hop
+
+    # Memory: a GRU over hops, its output beside the encoder's.
+    if cfg.memory_units:
+        h = keras.layers.GRU(cfg.memory_units, return_sequences=True, name="memory")(x)  # (B, T, units)
+        x = keras.layers.Concatenate(name="memory_skip")([h, x])
+
+    # Decoder: causal sub-pixel upsampling, ReLU, dropout on some steps, the (delayed) skip.
+    for i, f in enumerate(reversed(cfg.filters[:-1])):
+        x = fast.CausalConv(f, cfg.taps, unfold=2, name=f"dec{i + 1}_up")(x)
+        x = keras.layers.ReLU(name=f"dec{i + 1}_relu")(x)
+        if i in cfg.dropout_after:
+            x = keras.layers.Dropout(cfg.dropout, name=f"dec{i + 1}_dropout")(x)
+        skip = skips[-2 - i]
+        if hops_ahead:
+            skip = fast.Delay(hops_ahead * cfg.frame // 2 ** (len(cfg.filters) - 1 - i),
+                              name=f"dec{i + 1}_delay")(skip)
+        x = keras.layers.Concatenate(name=f"dec{i + 1}_skip")([x, skip])  # (B, L, 2f)
+
+    mask = fast.CausalConv(1, cfg.taps, unfold=2, activation="sigmoid", name="mask")(x)  # (B, T*64, 1)
+    dry = fast.Delay(cfg.lookahead, name="mix_delay")(mix) if hops_ahead else mix
+    stem = keras.layers.Multiply(name=OUTPUT_NAME)([mask, dry])
+    return keras.Model(mix, stem, name=f"unet_{cfg.preset}")
+
+
+def _split_true(y_true):
+    """Targets of the nmae loss arrive as (B, N, 2): the stem, then the mixture (for its level)."""
+    return (y_true[..., :1], y_true[..., 1:]) if y_true.shape[-1] == 2 else (y_true, None)
+
+
+@keras.saving.register_keras_serializable(package="unetsep")
+class SegmentLoss(keras.losses.Loss):
+    """MAE after `burn_in` samples; `normalise`: per segment, divided by the mixture's mean
+    absolute level, so loud and quiet songs weigh the same and the loss does not depend on the
+    input gain. (A residual term, |(mix - est) - (mix - stem)|, would equal this one exactly for a
+    masked estimate, so it adds nothing.)"""
+
+    def __init__(self, burn_in: int = 0, normalise: bool = False, zero: bool = False, **kwargs):
+        kwargs.setdefault("name", "zero_estimate" if zero else "segment_loss")
+        super().__init__(**kwargs)
+        self.burn_in, self.normalise, self.zero = burn_in, normalise, zero
+
+    def call(self, y_true, y_pred):
+        import keras.ops as ops
+
+        stem, mix = _split_true(y_true)
+        est = ops.zeros_like(stem) if self.zero else y_pred
+        err = ops.mean(ops.abs(stem[:, self.burn_in:] - est[:, self.burn_in:]), axis=(1, 2))
+        if self.normalise and mix is not None:
+            err = err / (ops.mean(ops.abs(mix[:, self.burn_in:]), axis=(1, 2)) + 1e-5)
+        return err
+
+    def get_config(self):
+        return {**super().get_config(), "burn_in": self.burn_in, "normalise": self.normalise,
+                "zero": self.zero}
+
+
+@keras.saving.register_keras_serializable(package="unetsep")
+class ZeroEstimate(keras.metrics.Mean):
+    """The training loss of an all-zero estimate on the same batch: a model whose loss sits here
+    has learned silence."""
+
+    def __init__(self, burn_in: int = 0, normalise: bool = False, name: str = "zero_estimate", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.burn_in, self.normalise = burn_in, normalise
+        self._loss = SegmentLoss(burn_in, normalise, zero=True)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self._loss.call(y_true, y_pred), sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "burn_in": self.burn_in, "normalise": self.normalise}
+
+
 def compile_unet(model: keras.Model, cfg: UNetConfig) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mae")
+    """Adam and the preset's loss, with the all-zero estimate's loss as a metric beside it."""
+    normalise = cfg.loss == "nmae"
+    if cfg.loss not in ("mae", "nmae"):
+        raise UserError(f"unknown loss {cfg.loss!r}: choose mae or nmae")
+    burn = cfg.burn_in if cfg.streaming else 0
+    loss = "mae" if not cfg.streaming and not normalise else SegmentLoss(burn, normalise)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
+                  metrics=[ZeroEstimate(burn, normalise)])
     return model
 
 

@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the U-Net on a MUSDB18-layout folder")
     t.add_argument("--data", required=True, help="MUSDB18, MUSDB18-HQ or 'unetsep data' folder")
     t.add_argument("--target", default="drums", help="drums (default), bass, other or vocals")
-    t.add_argument("--preset", default="seed", help="architecture preset: seed (default) or tiny")
+    t.add_argument("--preset", default="seed", help="architecture preset: seed (default, frame by frame), stream (causal, with memory), tiny, tiny-stream")
     t.add_argument("--epochs", type=int, help="epochs (default: the preset's, 40)")
     t.add_argument("--batch-size", type=int, help="frames per batch (default 512)")
     t.add_argument("--steps", type=int, help="steps per epoch (default: one pass over the data)")
