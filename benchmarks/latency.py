@@ -50,12 +50,20 @@ def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float =
 
 
 def model_cost(onnx_path) -> tuple[float, float]:
-    """(FLOPs per frame, weight bytes) of a lean/float ONNX graph: 2*MACs of Conv, ConvTranspose and
-    Gemm at batch 1, from the weights' shapes and the layer lengths onnxruntime infers."""
+    """(FLOPs per frame, weight bytes) of a lean/float ONNX graph: 2*MACs of Conv, ConvTranspose,
+    Gemm and GRU at batch 1 and one frame (a streaming model's T = 1: one hop), from the weights'
+    shapes and the layer lengths ONNX shape inference finds."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
-    m = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    proto = onnx.load(str(onnx_path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for inp in proto.graph.input:  # pin the symbolic axes: batch 1, one frame
+        dims = inp.type.tensor_type.shape.dim
+        dims[0].dim_value = 1
+        if inp.name == meta.get("input_name", "mix") and not dims[1].dim_value:
+            dims[1].dim_value = int(meta.get("frame", 64))
+    m = shape_inference.infer_shapes(proto)
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(m.graph.value_info) + list(m.graph.output)}
@@ -66,6 +74,8 @@ def model_cost(onnx_path) -> tuple[float, float]:
         elif node.op_type == "Conv":
             w = inits[node.input[1]]
             flops += 2 * w.size * shapes[node.output[0]][-1]
+        elif node.op_type == "GRU":  # one step per hop: input and recurrent matrices once each
+            flops += 2 * (inits[node.input[1]].size + inits[node.input[2]].size)
         elif node.op_type == "ConvTranspose":
             w = inits[node.input[1]]
             flops += 2 * w.size * (shapes[node.input[0]][-1] if node.input[0] in shapes else 1)

@@ -63,7 +63,7 @@ def score_track(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, esti
 def evaluate(data: str, models: list, target: str = "drums", subset: str = "test",
              max_tracks: int | None = None, seconds: float | None = None, progress=None) -> dict:
     """Score `models` (loaded runtime backends) on a musdb-layout folder's `subset` tracks."""
-    from ..runtime.separate import separate_array, model_name
+    from ..runtime.separate import estimate, model_name
     from ..train.dataset import open_db
     from pathlib import Path
 
@@ -77,7 +77,7 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
         n = len(mix) if seconds is None else min(len(mix), int(seconds * rate))
         n = n // models[0].info.frame * models[0].info.frame  # museval runs ~1x real time
         mix, stems = mix[:n], {k: v[:n] for k, v in stems.items()}
-        ests = {model_name(Path(m.path), target): separate_array(m.run, mix, m.info.frame, m.info.context)
+        ests = {model_name(Path(m.path), target): estimate(m, mix)
                 for m in models}
         scores = score_track(mix, stems, target, ests, rate)
         rows.append({"name": t.name, "scores": scores})

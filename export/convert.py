@@ -107,8 +107,27 @@ def tflite_variants(model, cfg, calibration: np.ndarray) -> dict[str, bytes]:
     return out
 
 
-def ort_int8(lean_path: Path, calibration: np.ndarray, info: ModelInfo, out_path: Path) -> None:
-    """onnxruntime static quantization: QDQ, per-channel int8 weights, calibrated on `calibration`."""
+def stream_calibration(lean_path: Path, audio: np.ndarray, info: ModelInfo, hops: int = 64) -> list[dict]:
+    """Calibration feeds for a streaming model: `audio` (samples, channels) in calls of `hops` hops,
+    each with the state the float model carried into it (zero states would calibrate the state
+    ranges to nothing)."""
+    from ..runtime.backends import OrtModel
+
+    m = OrtModel(lean_path)
+    step = hops * info.frame
+    states = {s.input: np.zeros((audio.shape[1], *s.shape), np.float32) for s in info.states}
+    feeds = []
+    for a in range(0, len(audio) - step + 1, step):
+        x = np.ascontiguousarray(audio[a:a + step].T[..., None])  # (channels, step, 1)
+        feeds.append({info.input_name: x, **states})
+        _, states = m.run_stateful(x, states)
+    return feeds
+
+
+def ort_int8(lean_path: Path, calibration, info: ModelInfo, out_path: Path) -> None:
+    """onnxruntime static quantization: QDQ, per-channel int8 weights, calibrated on `calibration`:
+    (N, context, 1) frames for a version-1 model, a list of feeds (`stream_calibration`) for a
+    streaming one, whose convolutions alone are quantized (its GRU and state plumbing stay float)."""
     import onnx
     from onnx import helper
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
@@ -117,18 +136,19 @@ def ort_int8(lean_path: Path, calibration: np.ndarray, info: ModelInfo, out_path
 
     class Frames(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(np.array_split(calibration, max(1, len(calibration) // 256)))
+            self.it = iter(calibration if info.streaming else
+                           ({info.input_name: b} for b in np.array_split(calibration, max(1, len(calibration) // 256))))
 
         def get_next(self):
-            batch = next(self.it, None)
-            return None if batch is None else {info.input_name: batch}
+            return next(self.it, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(lean_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out_path), Frames(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8)
+                        weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv"] if info.streaming else None)
     proto = onnx.load(str(out_path))
     del proto.metadata_props[:]
     helper.set_model_props(proto, info.to_metadata())

@@ -19,9 +19,11 @@ from ..benchmarks.latency import time_configs
 from ..benchmarks.quality import museval_scores
 from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
 from ..runtime.errors import UserError
-from ..runtime.separate import separate_array
-from .convert import load_run, model_info, ort_int8, tf2onnx_raw, tflite_variants
+from ..runtime.separate import estimate, separate_array
+from ..runtime.stream import frame_call, stream_blocks
+from .convert import load_run, model_info, ort_int8, stream_calibration, tf2onnx_raw, tflite_variants
 from .lean import build_lean_onnx
+from .lean_stream import build_lean_stream_onnx
 
 
 @dataclass
@@ -38,6 +40,9 @@ class Thresholds:
 # suffix -> the check that applies to it
 KINDS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
          "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
+# Streaming (contract v2) models: ONNX with explicit state. (LiteRT with external state is not
+# exported yet: the runtime refuses a version-2 .tflite.)
+STREAM_KINDS = {"onnx": "float32", "int8.onnx": "int8"}
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Row:
     nodes: int | None = None
     nodes_by_op: dict = field(default_factory=dict)
     max_abs_error: float = 0.0
+    max_abs_error_hop: float | None = None  # streaming models, streamed one hop (T = 1) at a time
     snr_db: float = 0.0
     sdr: float = 0.0
     delta_sdr: float = 0.0
@@ -95,6 +101,33 @@ def calibration_frames(data: str, cfg, n: int = 4096, gain: float = 1.0, seed: i
     return (frames[pick] * gain).astype(np.float32)
 
 
+def calibration_audio(data: str, cfg, seconds: float = 24.0, seed: int = 0) -> np.ndarray:
+    """(samples, channels) of training audio, random excerpts end to end, to calibrate the int8
+    version of a streaming model."""
+    from ..train.dataset import excerpts, open_db
+
+    db = open_db(data, "train", "train", cfg.target, cfg.sample_rate)
+    if not db.tracks:
+        raise UserError(f"--data {data} has no training tracks to calibrate int8 models on")
+    chunks, have = [], 0.0
+    for mix, _ in excerpts(db.tracks, cfg.target, 3.0, seed):
+        chunks.append(mix)
+        have += len(mix) / cfg.sample_rate
+        if have >= seconds:
+            return np.concatenate(chunks)
+    return np.concatenate(chunks)  # pragma: no cover (excerpts never ends)
+
+
+def keras_estimate(model, cfg, mix: np.ndarray) -> np.ndarray:
+    """The Keras model's estimate of `mix` (samples, channels), aligned with it: frame by frame for
+    the seed, one whole-sequence call per channel for a streaming model (its lookahead removed)."""
+    if not cfg.streaming:
+        return separate_array(lambda b: np.asarray(model(b, training=False)), mix, cfg.frame, cfg.context)
+    x = np.concatenate([mix, np.zeros((cfg.lookahead, mix.shape[1]), np.float32)]).T[..., None]
+    y = np.asarray(model(np.ascontiguousarray(x), training=False))[:, cfg.lookahead:, 0]
+    return y.T.astype(np.float32)
+
+
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     """10*log10(reference energy / error energy); inf when identical."""
     err = np.sum((reference.astype(np.float64) - estimate) ** 2)
@@ -127,15 +160,17 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
 
     try:
         mix, target, seconds = heldout_audio(data, cfg, check_seconds)
-        calib = calibration_frames(data, cfg, gain=calibration_gain)
+        calib = (calibration_audio(data, cfg) * calibration_gain if cfg.streaming
+                 else calibration_frames(data, cfg, gain=calibration_gain))
         n = len(mix) // cfg.frame * cfg.frame
         mix_c, target_c = mix[:n], target[:n]  # whole frames, (samples, channels)
         progress(f"checking on {seconds:.0f} s of validation audio ({n // cfg.frame * mix.shape[1]:,} "
                  f"frames, both channels)")
 
-        def separate(run) -> np.ndarray:
-            """The target estimate of `run` for the check audio, as the runtime computes it."""
-            return separate_array(run, mix_c, cfg.frame, cfg.context)
+        def separate(m) -> np.ndarray:
+            """The target estimate of model `m` for the check audio, as `unetsep separate` computes
+            it (long calls of many hops for a streaming model)."""
+            return estimate(m, mix_c)
 
         def sdr(estimate: np.ndarray) -> float:
             return museval_scores(np.stack([target_c, mix_c - target_c]),
@@ -143,10 +178,11 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
 
         def p50_us(m) -> float:
             """Median microseconds of one batch-1 call (1 thread), as `unetsep bench` times it."""
-            return time_configs([{"model": "", "backend": "", "provider": "", "batch": 1, "run": m.run,
-                                  "context": cfg.context}], frames=1000, warmup=100)[0]["p50_us"]
+            return time_configs([{"model": "", "backend": "", "provider": "", "batch": 1,
+                                  "run": frame_call(m, 1), "context": cfg.context}],
+                                frames=1000, warmup=100)[0]["p50_us"]
 
-        ref = separate(lambda b: np.asarray(model(b, training=False)))
+        ref = keras_estimate(model, cfg, mix_c)
         keras_sdr = sdr(ref)
         progress(f"keras: drums SDR {keras_sdr:.2f} dB")
         stem = info.target
@@ -154,34 +190,45 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
 
         # The converter's raw output: measured for the report, not shipped.
         raw_rows = []
-        for batch, label in ((None, "tf2onnx (dynamic batch)"), (1, "tf2onnx (batch 1)")):
+        for batch, label in (() if cfg.streaming else
+                             ((None, "tf2onnx (dynamic batch)"), (1, "tf2onnx (batch 1)"))):
             proto = tf2onnx_raw(model, cfg, info, batch=batch)
             path = tmp / f"raw{batch or ''}.onnx"
             onnx.save(proto, str(path))
             m = OrtModel(path)
             nodes, ops = _node_counts(proto)
-            y = separate(m.run) if batch is None else None
+            y = separate(m) if batch is None else None
             raw_rows.append({"format": label, "nodes": nodes, "nodes_by_op": ops,
                              "max_abs_error": None if y is None else float(np.abs(y - ref).max()),
                              "p50_us": p50_us(m)})
             path.unlink()
             progress(f"{label}: {nodes} nodes, {raw_rows[-1]['p50_us']:.0f} us/frame (not shipped)")
 
-        lean = build_lean_onnx(model, cfg, info)
-        onnx.save(lean, str(tmp / f"{stem}.onnx"))
+        if cfg.streaming:
+            lean, info = build_lean_stream_onnx(model, cfg, info)
+            onnx.save(lean, str(tmp / f"{stem}.onnx"))
+            calib = stream_calibration(tmp / f"{stem}.onnx", calib, info)
+        else:
+            onnx.save(build_lean_onnx(model, cfg, info), str(tmp / f"{stem}.onnx"))
         ort_int8(tmp / f"{stem}.onnx", calib, info, tmp / f"{stem}.int8.onnx")
-        for suffix, blob in tflite_variants(model, cfg, calib).items():
-            (tmp / f"{stem}.{suffix}").write_bytes(blob)
-            metadata_path(tmp / f"{stem}.{suffix}").write_text(info.to_json())
+        if not cfg.streaming:
+            for suffix, blob in tflite_variants(model, cfg, calib).items():
+                (tmp / f"{stem}.{suffix}").write_bytes(blob)
+                metadata_path(tmp / f"{stem}.{suffix}").write_text(info.to_json())
+        else:
+            progress("LiteRT formats: not exported for streaming models yet (ONNX only)")
 
-        for suffix, kind in KINDS.items():
+        for suffix, kind in (STREAM_KINDS if cfg.streaming else KINDS).items():
             path = tmp / f"{stem}.{suffix}"
             m = OrtModel(path) if suffix.endswith("onnx") else LiteRTModel(path)
-            y = separate(m.run)
+            y = separate(m)
             row = Row(format=suffix, file=path.name, kind=kind, size_bytes=path.stat().st_size)
             if suffix.endswith("onnx"):
                 row.nodes, row.nodes_by_op = _node_counts(onnx.load(str(path)))
             row.max_abs_error = float(np.abs(y - ref).max())
+            if cfg.streaming:
+                # The same model one hop per call, as live audio runs it, against Keras.
+                row.max_abs_error_hop = float(np.abs(stream_blocks(m, mix_c, cfg.frame) - ref).max())
             row.snr_db = snr_db(ref, y)
             row.sdr = sdr(y)
             row.delta_sdr = row.sdr - keras_sdr
@@ -189,6 +236,9 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
             del m
             if kind == "float32" and not row.max_abs_error <= thresholds.max_error:
                 row.reason = f"max error {row.max_abs_error:.2e} > {thresholds.max_error:g}"
+            elif kind == "float32" and not (row.max_abs_error_hop or 0.0) <= thresholds.max_error:
+                row.reason = (f"max error streamed hop by hop {row.max_abs_error_hop:.2e} > "
+                              f"{thresholds.max_error:g}")
             elif kind == "float16" and not row.snr_db >= thresholds.min_snr:
                 row.reason = f"SNR {row.snr_db:.1f} dB < {thresholds.min_snr:g} dB"
             elif kind == "int8" and not row.delta_sdr >= -thresholds.max_sdr_drop:
@@ -201,7 +251,9 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
                 if path.suffix == ".tflite":
                     metadata_path(path).unlink()
             rows.append(row)
-            progress(f"{row.file}: max error {row.max_abs_error:.2e}, SNR {row.snr_db:.1f} dB, SDR "
+            progress(f"{row.file}: max error {row.max_abs_error:.2e}"
+                     + (f" ({row.max_abs_error_hop:.2e} hop by hop)" if row.max_abs_error_hop is not None else "")
+                     + f", SNR {row.snr_db:.1f} dB, SDR "
                      f"{row.sdr:.2f} ({row.delta_sdr:+.2f}) dB, {row.p50_us:.0f} us/frame"
                      + (f"  FAILED: {row.reason}" + (" (kept: --allow-degraded)" if row.written else "")
                         if row.reason else ""))

@@ -1,4 +1,5 @@
-"""Inference backends behind one interface: `run(x (B, context, 1) float32) -> (B, frame, 1)`.
+"""Inference backends behind one interface: `run(x (B, context, 1) float32) -> (B, frame, 1)` for
+version-1 models, `run_stateful(x (B, T*frame, 1), states) -> (stem, next states)` for version 2.
 
 onnxruntime for .onnx (metadata inside the model), LiteRT for .tflite (metadata in the JSON file
 beside it, same stem). Both read the model contract from the model and assume nothing else.
@@ -46,12 +47,63 @@ class OrtModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.info = ModelInfo.from_metadata(meta)
-        except (KeyError, ValueError) as e:
+        except KeyError as e:
             raise UserError(f"{self.path} lacks the unetsep model metadata ({e}); export it with "
                             f"'unetsep export'") from None
+        except ValueError as e:
+            raise UserError(f"{self.path} has unusable unetsep metadata: {e}; re-export it with "
+                            f"'unetsep export'") from None
+        check_graph(self.path, self.info, _io_shapes(self.session.get_inputs()),
+                    _io_shapes(self.session.get_outputs()))
+        self._outputs = [self.info.output_name, *(s.output for s in self.info.states)]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.info.output_name], {self.info.input_name: x})[0]
+
+    def run_stateful(self, x: np.ndarray, states: dict[str, np.ndarray]
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """x (B, T*frame, 1) and states by input name -> (stem (B, T*frame, 1), next states by
+        input name, ready to feed the next call)."""
+        y, *nxt = self.session.run(self._outputs, {self.info.input_name: x, **states})
+        return y, {s.input: a for s, a in zip(self.info.states, nxt)}
+
+
+def _io_shapes(args) -> dict[str, list]:
+    """{name: shape} of a session's inputs or outputs; symbolic axes are strings or None."""
+    return {a.name: list(a.shape) for a in args}
+
+
+def check_graph(path: Path, info: ModelInfo, inputs: dict[str, list], outputs: dict[str, list]) -> None:
+    """Refuse a model whose graph does not take and return what its metadata declares."""
+    def refuse(what: str):
+        raise UserError(f"{path}: {what}; its metadata does not describe its graph: re-export it "
+                        f"with 'unetsep export'")
+
+    def fixed(shape: list, want: list, name: str) -> None:
+        if len(shape) != len(want) or any(isinstance(d, int) and w is not None and d != w
+                                           for d, w in zip(shape, want)):
+            refuse(f"tensor {name!r} has shape {shape}, the contract says {want}")
+
+    declared_in = [info.input_name, *(s.input for s in info.states)]
+    declared_out = [info.output_name, *(s.output for s in info.states)]
+    for name in declared_in:
+        if name not in inputs:
+            refuse(f"it has no input {name!r} (inputs: {', '.join(inputs)})")
+    for name in declared_out:
+        if name not in outputs:
+            refuse(f"it has no output {name!r} (outputs: {', '.join(outputs)})")
+    extra = [n for n in inputs if n not in declared_in]
+    if extra:
+        refuse(f"it takes undeclared inputs {', '.join(extra)}")
+    if info.streaming:
+        fixed(inputs[info.input_name], [None, None, 1], info.input_name)
+        fixed(outputs[info.output_name], [None, None, 1], info.output_name)
+        for s in info.states:
+            fixed(inputs[s.input], [None, *s.shape], s.input)
+            fixed(outputs[s.output], [None, *s.shape], s.output)
+    else:
+        fixed(inputs[info.input_name], [None, info.context, 1], info.input_name)
+        fixed(outputs[info.output_name], [None, info.frame, 1], info.output_name)
 
 
 class LiteRTModel:
@@ -71,9 +123,17 @@ class LiteRTModel:
         except (KeyError, ValueError) as e:
             raise UserError(f"{self.path} is not a LiteRT model with unetsep metadata ({e}); "
                             f"export it with 'unetsep export'") from None
+        if self.info.streaming:
+            raise UserError(f"{self.path} is a streaming (version 2) model: this unetsep runs those "
+                            f"with onnxruntime only; pass the .onnx file of the same model")
         self.provider = "LiteRT"
-        self._in = self.interp.get_input_details()[0]["index"]
-        self._out = self.interp.get_output_details()[0]["index"]
+        ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
+        shape = lambda d: [None if v < 0 else int(v) for v in d["shape_signature"]]  # noqa: E731
+        # Tensor names are the converter's (serving_default_mix:0): check by position.
+        check_graph(self.path, self.info, {self.info.input_name: shape(ins[0])},
+                    {self.info.output_name: shape(outs[0])})
+        self._in = ins[0]["index"]
+        self._out = outs[0]["index"]
         self._batch = None
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -37,6 +37,66 @@ def separate_array(run, audio: np.ndarray, frame: int, context: int, batch: int 
     return y.reshape(channels, n).T
 
 
+class Aligned:
+    """The model's estimate of consecutive chunks of a file, aligned with the input: the estimate
+    of sample t comes back with sample t (the streaming engine's latency is taken out).
+
+    Version 1 models run frame by frame as one big batch per chunk (`separate_array`), the
+    previous chunk's tail as history. Version 2 models run through the streaming engine, the
+    whole chunk as one call of many hops per channel with the state carried on; the engine's
+    delay is dropped at the start and flushed with silence at the end.
+    """
+
+    def __init__(self, model, channels: int, block: int | None = None):
+        info = model.info
+        block = block or BLOCK_FRAMES * info.frame
+        self.model, self.info, self.channels = model, info, channels
+        self.history = np.zeros((channels, info.context - info.frame), np.float32)
+        self.engine = None
+        if info.streaming:
+            from .stream import StreamEngine
+
+            self.engine = StreamEngine(model, channels, max_block=block)
+            self.skip = self.engine.latency  # leading output samples that answer silence
+            self.dry = np.zeros((0, channels), np.float32)
+
+    def __call__(self, chunk: np.ndarray, last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """chunk (n, channels), n a whole number of frames -> (dry, estimate), each (m, channels):
+        the input samples whose estimates are ready, and those estimates."""
+        info = self.info
+        if self.engine is None:
+            if not len(chunk):
+                return chunk, chunk
+            est = separate_array(self.model.run, chunk, info.frame, info.context, history=self.history)
+            if info.context > info.frame:
+                self.history = np.ascontiguousarray(
+                    np.concatenate([self.history, chunk.T], axis=1)[:, -(info.context - info.frame):])
+            return chunk, est
+        self.dry = np.concatenate([self.dry, chunk])
+        feed = chunk if not last else np.concatenate(
+            [chunk, np.zeros((self.engine.latency, self.channels), np.float32)])
+        outs = [self.engine.process(feed[i:i + self.engine.max_block])
+                for i in range(0, len(feed), self.engine.max_block)]
+        est = np.concatenate(outs) if outs else np.zeros((0, self.channels), np.float32)
+        drop = min(self.skip, len(est))
+        est, self.skip = est[drop:], self.skip - drop
+        dry, self.dry = self.dry[:len(est)], self.dry[len(est):]
+        return dry, est
+
+
+def estimate(model, audio: np.ndarray) -> np.ndarray:
+    """The model's estimate of `audio` (samples, channels) float32, aligned with it, as `unetsep
+    separate` computes it (any model version). Returns (samples, channels) float32."""
+    frame = model.info.frame
+    n = len(audio)
+    padded = np.concatenate([audio, np.zeros((-n % frame, audio.shape[1]), np.float32)])
+    run = Aligned(model, audio.shape[1])
+    block = BLOCK_FRAMES * frame
+    parts = [run(padded[i:i + block], last=i + block >= len(padded))[1]
+             for i in range(0, len(padded), block)]
+    return np.concatenate(parts)[:n]
+
+
 def model_name(path: Path, target: str) -> str:
     """models/default/drums.int8.onnx -> 'default-int8', drums.int8.tflite -> 'default-int8-tflite';
     a stray file -> its stem."""
@@ -112,12 +172,12 @@ def separate_file(path: Path, model, out_root: Path, progress=None) -> Path:
 
 def _stream(src, model, writers, rate, channels, total, progress) -> None:
     info = model.info
-    frame, context = info.frame, info.context
+    frame = info.frame
     to_model = _Resampler(rate, info.sample_rate, channels)
     from_model = _Resampler(info.sample_rate, rate, 2 * channels)  # stem and residual together
     block = BLOCK_FRAMES * frame
+    run = Aligned(model, channels, block)
     pending = np.zeros((0, channels), np.float32)  # model-rate samples not yet a whole frame
-    history = np.zeros((channels, context - frame), np.float32)
     written, peak = 0, 0.0
     read = 0
     while True:
@@ -134,15 +194,9 @@ def _stream(src, model, writers, rate, channels, total, progress) -> None:
                                                         np.float32)])
             usable = len(pending)
         chunk, pending = pending[:usable], pending[usable:]
-        if usable:
-            est = separate_array(model.run, chunk, frame, context, history=history)
-            if context > frame:
-                history = np.ascontiguousarray(
-                    np.concatenate([history, chunk.T], axis=1)[:, -(context - frame):])
-            both = np.concatenate([est, chunk - est], axis=1)  # resample stem and residual together
-            out = from_model(both, last=last)
-        else:
-            out = from_model(np.zeros((0, 2 * channels), np.float32), last=last)
+        dry, est = run(chunk, last=last)
+        both = np.concatenate([est, dry - est], axis=1)  # resample stem and residual together
+        out = from_model(both, last=last)
         out = out[:max(0, total - written)]
         if len(out):
             writers[0].write(out[:, :channels])

@@ -1,11 +1,14 @@
 """The streaming engine: audio blocks of any size in, model frames through, output blocks out.
 
-    block (n, channels) ──► input ring (channels, history + pending) ──► frames of `context`
-         ──► model batch (channels * ready frames, context, 1) ──► output FIFO ──► block (n, channels)
+    block (n, channels) ──► input ring (channels, history + pending) ──► ready frames
+         version 1: model batch (channels * ready frames, context, 1)
+         version 2: model call (channels, ready * frame, 1) + each channel's carried state
+    ──► output FIFO ──► block (n, channels)
 
 The output is the input delayed by exactly the model's latency (`frame` samples plus any
 declared lookahead): output sample t is the model's estimate for input sample t - latency.
-Every buffer is allocated in the constructor; `process` only copies into them.
+Every buffer is allocated in the constructor (for version 2, per number of hops up to
+EAGER_HOPS; longer file-mode calls allocate theirs on first use); `process` only copies.
 """
 from __future__ import annotations
 
@@ -45,6 +48,77 @@ class Runner:
         return self.y[batch]
 
 
+EAGER_HOPS = 65  # hops per call prepared up front: a 4096-sample block plus a partial frame
+
+
+class StatefulRunner:
+    """Calls a version-2 model on x[T] (channels, T*frame, 1), carrying every state per channel.
+
+    States live in two preallocated sets, A and B. With onnxruntime on CPU, each call is one
+    IOBinding bound once: the even calls read A and write B, the odd calls read B and write A
+    (ping-pong), so nothing is allocated or copied per call beyond the model's own work. Other
+    backends get the states as arrays and their next values are copied back into the set.
+    """
+
+    def __init__(self, model, channels: int, hops: list[int]):
+        info = model.info
+        self.model, self.info, self.channels = model, info, channels
+        self.sets = [{s.input: np.zeros((channels, *s.shape), np.float32) for s in info.states}
+                     for _ in range(2)]
+        self.parity = 0
+        self.x, self.y, self._bindings = {}, {}, {}
+        session = getattr(model, "session", None)
+        self._bind = session is not None and model.provider == "CPUExecutionProvider"
+        for t in hops:
+            self.prepare(t)
+
+    def prepare(self, hops: int) -> None:
+        """Allocate (and bind) the arrays of a call of `hops` hops."""
+        if hops in self.x:
+            return
+        info = self.info
+        self.x[hops] = np.zeros((self.channels, hops * info.frame, 1), np.float32)
+        self.y[hops] = np.zeros((self.channels, hops * info.frame, 1), np.float32)
+        if not self._bind:
+            return
+        import onnxruntime as ort
+
+        value = ort.OrtValue.ortvalue_from_numpy
+        for parity in (0, 1):
+            src, dst = self.sets[parity], self.sets[1 - parity]
+            b = self.model.session.io_binding()
+            b.bind_ortvalue_input(info.input_name, value(self.x[hops]))
+            b.bind_ortvalue_output(info.output_name, value(self.y[hops]))
+            for s in info.states:
+                b.bind_ortvalue_input(s.input, value(src[s.input]))
+                b.bind_ortvalue_output(s.output, value(dst[s.input]))
+            self._bindings[hops, parity] = b
+
+    def reset(self) -> None:
+        """Back to silence before the start: zero state."""
+        for states in self.sets:
+            for a in states.values():
+                a.fill(0.0)
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state, by input name: (channels, *shape) arrays (views, not copies)."""
+        return self.sets[self.parity]
+
+    def __call__(self, hops: int) -> np.ndarray:
+        """Run on self.x[hops] (filled by the caller); returns self.y[hops]."""
+        binding = self._bindings.get((hops, self.parity))
+        if binding is not None:
+            self.model.session.run_with_iobinding(binding)
+        else:
+            y, nxt = self.model.run_stateful(self.x[hops], self.state)
+            self.y[hops][...] = y
+            for name, a in self.sets[1 - self.parity].items():
+                a[...] = nxt[name]
+        self.parity ^= 1
+        return self.y[hops]
+
+
 class StreamEngine:
     """Feed `process(block)` blocks of up to `max_block` samples; get blocks back, `latency` late.
 
@@ -58,21 +132,28 @@ class StreamEngine:
         self.history = info.context - info.frame  # past samples each frame also sees
         self.latency = info.latency
         self.max_frames = -(-max_block // self.frame) + 1
-        batches = [channels * k for k in range(1, self.max_frames + 1)]
-        self.runner = Runner(model, batches)
+        if info.streaming:
+            self.runner = StatefulRunner(model, channels, list(range(1, min(self.max_frames, EAGER_HOPS) + 1)))
+        else:
+            self.runner = Runner(model, [channels * k for k in range(1, self.max_frames + 1)])
         # Input ring: `history` past samples, then up to max_frames frames of pending input.
         cap = self.history + (self.max_frames + 1) * self.frame
         self.inbuf = np.zeros((channels, cap), np.float32)
         self.fill = self.history  # samples in inbuf (history included)
-        # Output FIFO, primed with the latency's worth of silence.
+        # Output FIFO, primed with silence: one frame (the wait for a whole frame) plus, for a
+        # version-1 model, its lookahead (a version-2 model delays its own output by that).
+        self.prime = info.frame if info.streaming else self.latency
         self.outbuf = np.zeros((channels, cap + self.latency + max_block), np.float32)
-        self.out_fill = self.latency
+        self.out_fill = self.prime
         self.max_block = max_block
 
     def reset(self) -> None:
+        """Forget everything heard: buffers and the model's state back to silence."""
         self.inbuf[:] = 0
         self.outbuf[:] = 0
-        self.fill, self.out_fill = self.history, self.latency
+        self.fill, self.out_fill = self.history, self.prime
+        if isinstance(self.runner, StatefulRunner):
+            self.runner.reset()
 
     def process(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """block (n, channels) float32 -> (n, channels), n <= max_block; writes into `out` if given."""
@@ -83,16 +164,9 @@ class StreamEngine:
         self.fill += n
         ready = (self.fill - self.history) // self.frame
         if ready:
-            batch = self.channels * ready
-            x = self.runner.x[batch]  # (channels * ready, context, 1), channel-major
-            for c in range(self.channels):  # a loop over channels, never over samples
-                # frame j sees inbuf[c, j*frame : j*frame + context]
-                view = np.lib.stride_tricks.as_strided(
-                    self.inbuf[c], shape=(ready, self.context), strides=(self.frame * 4, 4))
-                x[c * ready:(c + 1) * ready, :, 0] = view
-            y = self.runner(batch)
             used = ready * self.frame
-            self.outbuf[:, self.out_fill:self.out_fill + used] = y.reshape(self.channels, used)
+            y = self._run(ready)  # (channels, used): channel-major, like outbuf
+            self.outbuf[:, self.out_fill:self.out_fill + used] = y
             self.out_fill += used
             # Keep the unconsumed tail (history + partial frame) at the front of the ring.
             keep = self.fill - used
@@ -104,3 +178,50 @@ class StreamEngine:
         self.outbuf[:, :self.out_fill - n] = self.outbuf[:, n:self.out_fill]
         self.out_fill -= n
         return out
+
+    def _run(self, ready: int) -> np.ndarray:
+        """The model on the `ready` whole frames at the front of the ring -> (channels, ready*frame)."""
+        if isinstance(self.runner, StatefulRunner):
+            # One call, all channels as the batch, the frames in sequence; state carries on.
+            self.runner.prepare(ready)  # a no-op up to EAGER_HOPS (all a live block needs)
+            self.runner.x[ready][:, :, 0] = self.inbuf[:, :ready * self.frame]
+            return self.runner(ready)[:, :, 0]
+        batch = self.channels * ready
+        x = self.runner.x[batch]  # (channels * ready, context, 1), channel-major
+        for c in range(self.channels):  # a loop over channels, never over samples
+            # frame j sees inbuf[c, j*frame : j*frame + context]
+            view = np.lib.stride_tricks.as_strided(
+                self.inbuf[c], shape=(ready, self.context), strides=(self.frame * 4, 4))
+            x[c * ready:(c + 1) * ready, :, 0] = view
+        return self.runner(batch).reshape(self.channels, ready * self.frame)
+
+
+def frame_call(model, batch: int):
+    """A function running one frame of `batch` streams, as the live path does: x (batch, context,
+    1) -> (batch, frame, 1). Version 1: one batch of frames; version 2: one hop (T = 1) per
+    stream, state carried from call to call. IOBinding where the backend has it (for timing)."""
+    if model.info.streaming:
+        runner = StatefulRunner(model, batch, [1])
+
+        def run(x: np.ndarray) -> np.ndarray:
+            runner.x[1][...] = x
+            return runner(1)
+        return run
+    runner = Runner(model, [batch])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        runner.x[batch][...] = x
+        return runner(batch)
+    return run
+
+
+def stream_blocks(model, audio: np.ndarray, block: int = 64) -> np.ndarray:
+    """Feed `audio` (samples, channels) through the streaming engine in `block`-sample blocks, as
+    the live path does; returns the estimate aligned with the input, (samples, channels)."""
+    engine = StreamEngine(model, channels=audio.shape[1], max_block=block)
+    lat = engine.latency
+    padded = np.concatenate([audio, np.zeros((lat + block, audio.shape[1]), np.float32)])
+    out = np.empty_like(padded)
+    for i in range(0, len(padded) - block + 1, block):
+        engine.process(padded[i:i + block], out=out[i:i + block])
+    return out[lat:lat + len(audio)]

@@ -128,6 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unetsep.benchmarks import latency
     from unetsep.runtime.backends import cuda_available, load_model
     from unetsep.runtime.separate import model_name
+    from unetsep.runtime.stream import frame_call
 
     models = [load_model(p, "cpu", threads=args.threads) for p in _model_paths(args.model)]
     if cuda_available():
@@ -137,7 +138,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for b in args.batch:
             configs.append({"model": model_name(m.path, m.info.target), "backend":
                             "onnxruntime" if m.path.suffix == ".onnx" else "litert",
-                            "provider": m.provider, "batch": b, "run": m.run, "context": m.info.context})
+                            "provider": m.provider, "batch": b, "run": frame_call(m, b),
+                            "context": m.info.context})
     if args.keras:
         _quiet_tensorflow()
         import tensorflow as tf

@@ -11,20 +11,6 @@ import numpy as np
 DEMO_SEED = 90210  # the shipped model was trained on seed 2026's songs
 
 
-def stream_file(model, mix: np.ndarray, block: int = 64) -> np.ndarray:
-    """Feed `mix` (samples, channels) through the streaming engine in `block`-sample blocks, as the
-    live path does; returns the target estimate aligned with the input."""
-    from unetsep.runtime.stream import StreamEngine
-
-    engine = StreamEngine(model, channels=mix.shape[1], max_block=block)
-    lat = engine.latency
-    padded = np.concatenate([mix, np.zeros((lat + block, mix.shape[1]), np.float32)])
-    out = np.empty_like(padded)
-    for i in range(0, len(padded) - block + 1, block):
-        engine.process(padded[i:i + block], out=out[i:i + block])
-    return out[lat:lat + len(mix)]
-
-
 def write_wav_atomic(path: Path, audio: np.ndarray, rate: int) -> None:
     import soundfile as sf
 
@@ -40,6 +26,7 @@ def run(out: str = "separated", model_path: str | None = None, seconds: float = 
     from unetsep.benchmarks.quality import museval_scores
     from unetsep.runtime.backends import open_model
     from unetsep.runtime.separate import model_name
+    from unetsep.runtime.stream import frame_call, stream_blocks
     from unetsep.train.render import render_dataset
 
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -56,7 +43,7 @@ def run(out: str = "separated", model_path: str | None = None, seconds: float = 
 
     say(f"separating {track.name} ({len(mix) / rate:.0f} s stereo) in 64-sample blocks...")
     t = time.perf_counter()
-    est = stream_file(model, mix)
+    est = stream_blocks(model, mix)
     took = time.perf_counter() - t
     write_wav_atomic(dest / f"{model.info.target}.wav", est, rate)
     write_wav_atomic(dest / f"no_{model.info.target}.wav", mix - est, rate)
@@ -65,7 +52,8 @@ def run(out: str = "separated", model_path: str | None = None, seconds: float = 
     sdr = museval_scores(refs, np.stack([est, mix - est]), rate)["sdr"]
     base = museval_scores(refs, np.stack([mix, mix]), rate)["sdr"]
     res = latency.time_configs([{"model": "m", "backend": "", "provider": model.provider, "batch": b,
-                                 "run": model.run, "context": model.info.context} for b in (1, 2)], 5000)
+                                 "run": frame_call(model, b), "context": model.info.context} for b in (1, 2)],
+                               5000)
     print(f"drums SDR {sdr:.2f} dB (the mixture itself scores {base:.2f} dB; museval v4, median over 1 s)")
     for r in res:
         print(f"per-frame latency, batch {r['batch']} ({'mono' if r['batch'] == 1 else 'stereo'}): "
