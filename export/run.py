@@ -123,8 +123,10 @@ def keras_estimate(model, cfg, mix: np.ndarray) -> np.ndarray:
     the seed, one whole-sequence call per channel for a streaming model (its lookahead removed)."""
     if not cfg.streaming:
         return separate_array(lambda b: np.asarray(model(b, training=False)), mix, cfg.frame, cfg.context)
-    x = np.concatenate([mix, np.zeros((cfg.lookahead, mix.shape[1]), np.float32)]).T[..., None]
-    y = np.asarray(model(np.ascontiguousarray(x), training=False))[:, cfg.lookahead:, 0]
+    n = len(mix)
+    pad = cfg.lookahead + -n % cfg.frame  # whole hops, the lookahead's answer included
+    x = np.concatenate([mix, np.zeros((pad, mix.shape[1]), np.float32)]).T[..., None]
+    y = np.asarray(model(np.ascontiguousarray(x), training=False))[:, cfg.lookahead:cfg.lookahead + n, 0]
     return y.T.astype(np.float32)
 
 

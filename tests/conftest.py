@@ -53,3 +53,20 @@ def song(tmp_path_factory) -> Path:
     unetsep("data", "--out", root / "d", "--songs", 3, "--seconds", 5, "--seed", 99)
     track = sorted((root / "d" / "test").iterdir())[0]
     return (track / "mixture.wav").rename(root / "song.wav")
+
+
+@pytest.fixture(scope="session")
+def stream_run(dataset, tmp_path_factory) -> Path:
+    """The tiny streaming preset (causal, GRU memory, carried state) trained for 2 short epochs."""
+    run = tmp_path_factory.mktemp("runs") / "tiny-stream"
+    unetsep("train", "--data", dataset, "--preset", "tiny-stream", "--epochs", 2, "--steps", 6,
+            "--out", run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def stream_exported(stream_run, tmp_path_factory) -> Path:
+    """The tiny streaming run exported (lean ONNX with explicit state, ORT int8)."""
+    out = tmp_path_factory.mktemp("models") / "tiny-stream"
+    unetsep("export", stream_run, "--out", out, "--check-seconds", 6, "--allow-degraded")
+    return out

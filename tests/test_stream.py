@@ -1,0 +1,264 @@
+"""The streaming preset and contract v2: causal, stateful, one graph for hops and files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import unetsep
+
+FRAME = 64
+
+
+def random_stream_onnx(tmp_path, lookahead: int = 0, seed: int = 0):
+    """A tiny-stream Keras model with random weights (and non-trivial BatchNorm statistics) as a
+    lean ONNX file; returns (Keras model, loaded OrtModel)."""
+    pytest.importorskip("keras")
+    import onnx
+
+    from unetsep.export.convert import model_info
+    from unetsep.export.lean_stream import build_lean_stream_onnx
+    from unetsep.runtime.backends import load_model
+    from unetsep.train.model import build_unet, preset
+
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    cfg = preset("tiny-stream", lookahead=lookahead)
+    model = build_unet(cfg)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.name.endswith("_bn"):
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
+                               rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 2, v.shape)])
+    proto, _ = build_lean_stream_onnx(model, cfg, model_info(cfg))
+    path = tmp_path / f"drums-la{lookahead}.onnx"
+    onnx.save(proto, str(path))
+    return model, load_model(path)
+
+
+def noise(seconds: float, channels: int = 2, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((int(seconds * 44100) // FRAME * FRAME, channels)) * 0.1).astype(np.float32)
+
+
+def whole(model, audio: np.ndarray) -> np.ndarray:
+    """One call of the graph over the whole signal (T = all hops), zero initial state."""
+    info = model.info
+    states = {s.input: np.zeros((audio.shape[1], *s.shape), np.float32) for s in info.states}
+    y, _ = model.run_stateful(np.ascontiguousarray(audio.T[..., None]), states)
+    return y[:, :, 0].T
+
+
+@pytest.fixture(scope="module")
+def stream_model(stream_exported):
+    from unetsep.runtime.backends import load_model
+
+    return load_model(stream_exported / "drums.onnx")
+
+
+def test_stream_model_declares_contract_v2(stream_model):
+    info = stream_model.info
+    assert info.version == 2 and info.streaming and info.lookahead == 0
+    assert info.frame == FRAME and info.context == FRAME and info.latency == FRAME
+    names = [s.name for s in info.states]
+    assert "memory" in names and len(names) == len(set(names)) == 13  # 6 down, GRU, 5 up, mask
+    assert all(isinstance(n, int) for s in info.states for n in s.shape)
+
+
+def test_hop_by_hop_equals_whole_sequence_and_keras(stream_run, stream_model):
+    """30 s streamed one hop per call (T = 1, state carried) == one call over all 30 s == Keras."""
+    from unetsep.export.convert import load_run
+    from unetsep.export.run import keras_estimate
+    from unetsep.runtime.stream import stream_blocks
+
+    x = noise(30.0)
+    full = whole(stream_model, x)
+    hops = stream_blocks(stream_model, x, block=FRAME)
+    assert np.abs(hops - full).max() <= 1e-5
+    keras_model, cfg = load_run(stream_run)
+    assert np.abs(keras_estimate(keras_model, cfg, x[:44100 * 3]) - full[:44100 * 3]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("sizes", [[1], [63], [65], [4096], "random"])
+def test_any_block_sizes_equal_the_file_path(stream_model, sizes):
+    from unetsep.runtime.separate import estimate
+    from unetsep.runtime.stream import StreamEngine
+
+    x = noise(4.0)
+    ref = estimate(stream_model, x)  # long calls, as `separate` runs
+    engine = StreamEngine(stream_model, channels=2, max_block=4096)
+    rng = np.random.default_rng(0)
+    out, i = [], 0
+    while i < len(x):
+        n = int(rng.integers(1, 4097)) if sizes == "random" else sizes[0]
+        out.append(engine.process(x[i:i + n]))
+        i += n
+    y = np.concatenate(out)
+    lat = engine.latency
+    assert np.abs(y[:lat]).max() == 0
+    assert np.abs(y[lat:] - ref[:len(y) - lat]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("lookahead", [0, 64, 192])
+def test_causal_and_delay_is_frame_plus_lookahead(tmp_path, lookahead):
+    """The estimate of input sample s uses input up to the end of s's hop plus the lookahead, no
+    further: changing the input from sample t on changes the engine's output (the estimate of s
+    comes out at s + latency) from the hop holding t - lookahead on, not before. And an impulse
+    comes out exactly frame + lookahead samples later."""
+    from unetsep.runtime.stream import StreamEngine, stream_blocks
+
+    _, model = random_stream_onnx(tmp_path, lookahead)
+    assert model.info.latency == FRAME + lookahead
+    engine = StreamEngine(model, channels=1, max_block=FRAME)
+    x = noise(0.5, channels=1)
+    run = lambda a: np.concatenate([engine.process(a[i:i + FRAME])  # noqa: E731
+                                    for i in range(0, len(a), FRAME)])
+    y = run(x)
+    for t in (1000, 1000 + 37, 5000 + 63):
+        x2 = x.copy()
+        x2[t:] += 0.5
+        engine.reset()
+        y2 = run(x2)
+        changed = np.flatnonzero(np.abs(y2 - y)[:, 0] > 0)
+        first_estimate = (t - lookahead) // FRAME * FRAME  # the first sample allowed to hear t
+        assert changed.min() >= first_estimate + model.info.latency
+        assert changed.min() <= t + model.info.latency  # the estimate of t itself changed
+        assert changed.min() > t  # the engine's output never answers input it has not had
+    engine.reset()
+    imp = np.zeros((FRAME * 20, 1), np.float32)
+    imp[300] = 1.0  # the masked output is nonzero only where the (delayed) input is
+    out = run(imp)
+    assert np.flatnonzero(np.abs(out[:, 0]) > 0).tolist() == [300 + FRAME + lookahead]
+    # the file path takes the delay out again
+    aligned = stream_blocks(model, imp)
+    assert np.flatnonzero(np.abs(aligned[:, 0]) > 0).tolist() == [300]
+
+
+def test_bottleneck_step_hears_its_whole_hop(tmp_path):
+    """The alignment pitfall: the deepest step of hop n must depend on the last sample of hop n
+    (a plain causal stride-2 window would end at its first), and not on hop n + 1."""
+    keras_model, _ = random_stream_onnx(tmp_path)
+    import keras
+
+    enc = keras.Model(keras_model.input, keras_model.get_layer("enc6_lrelu").output)
+    x = noise(0.1, channels=1)[None, :, :1].reshape(1, -1, 1)
+    base = np.asarray(enc(x))
+    n = 3
+    for sample, changes_hop_n in ((FRAME * n + FRAME - 1, True), (FRAME * (n + 1), False)):
+        x2 = x.copy()
+        x2[0, sample, 0] += 1.0
+        d = np.abs(np.asarray(enc(x2)) - base)[0].max(axis=1)  # per hop
+        assert d[:n].max() == 0
+        assert (d[n] > 0) == changes_hop_n
+
+
+def test_reset_and_initial_state(stream_model):
+    from unetsep.runtime.stream import StatefulRunner
+
+    x = noise(0.2)
+    runner = StatefulRunner(stream_model, channels=2, hops=[1])
+
+    def go():
+        out = []
+        for i in range(0, len(x), FRAME):
+            runner.x[1][:, :, 0] = x[i:i + FRAME].T
+            out.append(runner(1)[:, :, 0].copy())
+        return np.concatenate(out, axis=1)
+
+    a = go()
+    runner.reset()
+    assert np.array_equal(go(), a)
+    # A non-zero initial state is used as given: the runner equals one explicit call from it.
+    rng = np.random.default_rng(5)
+    runner.reset()
+    start = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.3 for k, v in runner.state.items()}
+    for k, v in runner.state.items():
+        v[...] = start[k]
+    b = go()
+    y, _ = stream_model.run_stateful(np.ascontiguousarray(x.T[..., None]), start)
+    assert np.abs(b - y[:, :, 0]).max() <= 1e-5
+    assert np.abs(b - a).max() > 0
+
+
+def test_model_whose_metadata_lies_about_a_state_is_refused(stream_exported, song, tmp_path):
+    import onnx
+
+    proto = onnx.load(str(stream_exported / "drums.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    states = json.loads(meta["states"])
+    states[0]["shape"] = [states[0]["shape"][0] + 1, states[0]["shape"][1]]
+    for p in proto.metadata_props:
+        if p.key == "states":
+            p.value = json.dumps(states)
+    bad = tmp_path / "lying.onnx"
+    onnx.save(proto, str(bad))
+    r = unetsep("separate", song, "--model", bad, "--provider", "cpu", "-o", tmp_path / "out", check=False)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "state_enc1_conv" in lines[0] and "re-export" in lines[0], r.stderr
+
+
+def test_contract_fields_parse_by_type():
+    from dataclasses import fields
+
+    from unetsep.runtime import contract
+    from unetsep.runtime.contract import ModelInfo, StateSpec
+
+    assert {f.name for f in fields(ModelInfo)} == set(contract._CONVERTERS)
+    info = ModelInfo(version=2, lookahead=128, preset="stream",
+                     states=(StateSpec("a", "state_a", "next_a", (3, 4)),))
+    back = ModelInfo.from_metadata(info.to_metadata())
+    assert back == info and isinstance(back.lookahead, int) and isinstance(back.states[0].shape[0], int)
+    for bad in ({"frame": "0"}, {"context": "32"}, {"sample_rate": "0"}, {"lookahead": "10"},
+                {"version": "x"}):
+        with pytest.raises(ValueError):
+            ModelInfo.from_metadata({**ModelInfo().to_metadata(), **bad})
+
+
+def test_separate_with_a_stream_model_is_aligned(stream_model, stream_exported, song, tmp_path):
+    from unetsep.runtime.separate import estimate
+
+    unetsep("separate", song, "--model", stream_exported / "drums.onnx", "-o", tmp_path)
+    drums, _ = sf.read(tmp_path / "tiny-stream" / song.stem / "drums.wav", dtype="float32")
+    rest, _ = sf.read(tmp_path / "tiny-stream" / song.stem / "no_drums.wav", dtype="float32")
+    x, _ = sf.read(song, dtype="float32")
+    assert drums.shape == x.shape
+    assert np.abs(drums + rest - x).max() <= 1e-6
+    assert np.abs(drums - estimate(stream_model, x)).max() <= 1e-5
+
+
+def test_stream_model_in_bench_and_evaluate(stream_exported, dataset, tmp_path):
+    unetsep("bench", "--model", stream_exported / "drums.onnx", "--frames", 300, "--batch", 1, 2,
+            "--json", tmp_path / "b.json")
+    res = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["batch"] for r in res] == [1, 2] and all(r["p50_us"] > 0 for r in res)
+    unetsep("evaluate", "--data", dataset, "--model", stream_exported / "drums.onnx", "--tracks", 1,
+            "--seconds", 3, "--json", tmp_path / "e.json")
+    assert np.isfinite(json.loads((tmp_path / "e.json").read_text())["median_sdr"])
+
+
+def test_soak_output_and_state_stay_bounded(stream_model):
+    """Streamed hop by hop for 60 s (a shorter soak than the benchmark's), the output level and
+    the carried state's norm neither die away nor grow."""
+    from unetsep.runtime.stream import StatefulRunner
+
+    rng = np.random.default_rng(2)
+    hops = 60 * 44100 // FRAME
+    runner = StatefulRunner(stream_model, channels=1, hops=[1])
+    out_rms, state_norm = np.empty(hops), np.empty(hops)
+    # a steady, music-like input: noise bursts every ~0.5 s over a quieter bed
+    for n in range(hops):
+        x = rng.standard_normal(FRAME).astype(np.float32) * (0.3 if n % 345 < 30 else 0.05)
+        runner.x[1][0, :, 0] = x
+        y = runner(1)
+        out_rms[n] = np.sqrt(np.mean(y ** 2))
+        state_norm[n] = np.sqrt(sum(float((v ** 2).sum()) for v in runner.state.values()))
+    second = 44100 // FRAME
+    early, late = out_rms[second:10 * second].mean(), out_rms[-9 * second:].mean()
+    assert late > 0.5 * early and late < 2 * early
+    s_early, s_late = state_norm[second:10 * second].mean(), state_norm[-9 * second:].mean()
+    assert s_late < 2 * s_early and s_late > 0.5 * s_early
