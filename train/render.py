@@ -52,57 +52,65 @@ def _import_fluidsynth():
     return fluidsynth
 
 
-class StemRenderer:
-    """One FluidSynth instance per stem, SoundFont loaded once, reused across songs."""
+def _new_synth(soundfont: str, sample_rate: int):
+    """A fresh FluidSynth instance with `soundfont` loaded: (synth, soundfont id).
 
-    def __init__(self, soundfont: str, sample_rate: int = SAMPLE_RATE):
-        fluidsynth = _import_fluidsynth()
-        self.rate = sample_rate
-        self.synths = {}
-        for stem in TARGETS:
-            fs = fluidsynth.Synth(gain=0.4, samplerate=float(sample_rate))
-            sfid = fs.sfload(soundfont)
-            if sfid < 0:
-                raise UserError(f"FluidSynth could not load the SoundFont {soundfont}: {FIX_SOUNDFONT}")
-            self.synths[stem] = (fs, sfid)
+    Samples load on demand (dynamic sample loading), so a new synth costs ~25 ms instead of
+    ~200 ms for reading all of FluidR3's samples; that makes a fresh synth per stem affordable.
+    """
+    fluidsynth = _import_fluidsynth()
+    fs = fluidsynth.Synth(gain=0.4, samplerate=float(sample_rate),
+                          **{"synth.dynamic-sample-loading": 1})
+    sfid = fs.sfload(soundfont)
+    if sfid < 0:
+        fs.delete()
+        raise UserError(f"FluidSynth could not load the SoundFont {soundfont}: {FIX_SOUNDFONT}")
+    return fs, sfid
 
-    def render(self, song: Song) -> dict[str, np.ndarray]:
-        """Each stem as float32 (samples, 2), exactly `song.seconds` long, unscaled."""
-        n = int(round(song.seconds * self.rate))
-        out = {}
-        for stem in TARGETS:
-            fs, sfid = self.synths[stem]
+
+def render_song(song: Song, soundfont: str, sample_rate: int = SAMPLE_RATE) -> dict[str, np.ndarray]:
+    """Each stem as float32 (samples, 2), exactly `song.seconds` long, unscaled.
+
+    Every stem is played by a new synth, deleted afterwards: a synth kept across songs carries
+    reverb and chorus tails and voice state from whatever it rendered before, which made a song's
+    audio depend on the order in which worker processes picked up songs.
+    """
+    n = int(round(song.seconds * sample_rate))
+    out = {}
+    for stem in TARGETS:
+        fs, sfid = _new_synth(soundfont, sample_rate)
+        try:
             parts = [p for p in song.parts if p.stem == stem]
-            out[stem] = self._render_parts(fs, sfid, parts, n)
-        return out
+            out[stem] = _render_parts(fs, sfid, parts, n, sample_rate)
+        finally:
+            fs.delete()
+    return out
 
-    def _render_parts(self, fs, sfid, parts, n: int) -> np.ndarray:
-        # Events sorted by sample time; note-offs before note-ons at the same sample.
-        events = []
-        for p in parts:
-            fs.program_select(p.channel, sfid, p.bank, p.program)
-            for note in p.notes:
-                events.append((int(note.start * self.rate), 1, p.channel, note.pitch, note.velocity))
-                events.append((int(note.end * self.rate), 0, p.channel, note.pitch, 0))
-        events.sort()
-        chunks, t = [], 0
-        for when, on, ch, pitch, vel in events:
-            when = min(when, n)
-            if when > t:
-                chunks.append(fs.get_samples(when - t))
-                t = when
-            if on:
-                fs.noteon(ch, pitch, vel)
-            else:
-                fs.noteoff(ch, pitch)
-        if n > t:
-            chunks.append(fs.get_samples(n - t))
-        audio = np.concatenate(chunks).reshape(-1, 2).astype(np.float32) / 32768.0
-        # Silence this synth, and let its reverb and chorus tails die before the next song.
-        for p in parts:
-            fs.all_sounds_off(p.channel)
-        fs.get_samples(self.rate)
-        return audio[:n]
+
+def _render_parts(fs, sfid, parts, n: int, rate: int) -> np.ndarray:
+    """Play `parts` on one synth: (n, 2) float32."""
+    # Events sorted by sample time; note-offs before note-ons at the same sample.
+    events = []
+    for p in parts:
+        fs.program_select(p.channel, sfid, p.bank, p.program)
+        for note in p.notes:
+            events.append((int(note.start * rate), 1, p.channel, note.pitch, note.velocity))
+            events.append((int(note.end * rate), 0, p.channel, note.pitch, 0))
+    events.sort()
+    chunks, t = [], 0
+    for when, on, ch, pitch, vel in events:
+        when = min(when, n)
+        if when > t:
+            chunks.append(fs.get_samples(when - t))
+            t = when
+        if on:
+            fs.noteon(ch, pitch, vel)
+        else:
+            fs.noteoff(ch, pitch)
+    if n > t:
+        chunks.append(fs.get_samples(n - t))
+    audio = np.concatenate(chunks).reshape(-1, 2).astype(np.float32) / 32768.0
+    return audio[:n]
 
 
 def mix_stems(stems: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -158,9 +166,11 @@ def _setup_yaml(validation: list[str]) -> str:
 
 
 def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed: int = 0,
-                   soundfont: str | None = None, progress: bool = True) -> Path:
+                   soundfont: str | None = None, progress: bool = True,
+                   workers: int | None = None) -> Path:
     """Render `songs` songs into `out` (MUSDB18-HQ layout); deterministic from `seed`.
 
+    `workers` processes render in parallel (default: one per CPU); the audio does not depend on it.
     Each track folder is written under OUT/.staging and renamed into place when complete, so an
     interrupted run never leaves a track that looks finished; a rerun renders only what is missing.
     """
@@ -186,9 +196,11 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
             if not (out / subset / name).exists()]
     for subset in set(plan.subsets):
         (out / subset).mkdir(exist_ok=True)
-    jobs = [(seed, i, seconds, out / subset / name, staging) for i, name, subset in todo]
-    workers = max(1, min(len(jobs), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(sf_path,)) as pool:
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")
+    jobs = [(seed, i, seconds, out / subset / name, staging, sf_path) for i, name, subset in todo]
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers) as pool:
         done = tqdm(pool.map(_render_track, jobs), total=len(plan.names), unit="song",
                     initial=len(plan.names) - len(jobs), desc="rendering", disable=not progress)
         for _ in done:
@@ -198,20 +210,12 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
     return out
 
 
-_renderer: StemRenderer | None = None
-
-
-def _init_worker(soundfont: str) -> None:
-    global _renderer
-    _renderer = StemRenderer(soundfont)
-
-
 def _render_track(job) -> None:
     """Compose, render and write one track (in a worker process): staged, then renamed."""
-    seed, index, seconds, final, staging = job
+    seed, index, seconds, final, staging, soundfont = job
     rng = np.random.default_rng([seed, index])
     song = compose(final.name, seconds, rng)
-    audio = mix_stems(_renderer.render(song), rng)
+    audio = mix_stems(render_song(song, soundfont), rng)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}-", dir=staging))
     for stem, a in audio.items():
         sf.write(tmp / f"{stem}.wav", a, SAMPLE_RATE, subtype="PCM_16")

@@ -20,7 +20,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     from unetsep.train.render import render_dataset
 
     out = render_dataset(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed,
-                         soundfont=args.soundfont)
+                         soundfont=args.soundfont, workers=args.workers)
     print(f"wrote {args.songs} songs to {out} (MUSDB18-HQ layout)")
 
 
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=20.0, help="length of each song (default 20)")
     d.add_argument("--seed", type=int, default=0, help="random seed; same seed, same songs")
     d.add_argument("--soundfont", help="General MIDI .sf2 (default: FluidR3_GM where installed)")
+    d.add_argument("--workers", type=int, help="rendering processes (default: one per CPU); "
+                   "the songs do not depend on it")
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train the U-Net on a MUSDB18-layout folder")
