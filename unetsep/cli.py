@@ -6,6 +6,7 @@ never load TensorFlow. A `UserError` anywhere prints one line and exits with sta
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -20,8 +21,14 @@ def cmd_data(args: argparse.Namespace) -> None:
     from unetsep.train.render import render_dataset
 
     out = render_dataset(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed,
-                         soundfont=args.soundfont, workers=args.workers)
-    print(f"wrote {args.songs} songs to {out} (MUSDB18-HQ layout)")
+                         soundfont=args.soundfont, workers=args.workers, kits=args.kits,
+                         soundfonts=args.soundfonts)
+    m = json.loads((out / "manifest.json").read_text())
+    for what in ("kits", "soundfonts"):
+        used = m[what]["train"] + m[what]["heldout"]
+        print(f"{what}: {len(used)} ({len(m[what]['heldout'])} held out for test songs): "
+              f"{', '.join(used)}")
+    print(f"wrote {args.songs} songs to {out} (MUSDB18-HQ layout, manifest.json)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -241,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=20.0, help="length of each song (default 20)")
     d.add_argument("--seed", type=int, default=0, help="random seed; same seed, same songs")
     d.add_argument("--soundfont", help="General MIDI .sf2 (default: FluidR3_GM where installed)")
+    d.add_argument("--kits", nargs="+", metavar="KIT",
+                   help="drum kits to draw from: names or patterns (e.g. 'hydrogen:*', "
+                   "'FluidR3_GM:jazz'), Hydrogen kit folders or .sf2 files (default: all installed)")
+    d.add_argument("--soundfonts", nargs="+", metavar="SET",
+                   help="instrument sound sets: FluidR3_GM, MuseScore_General, TimGM6mb or .sf2 "
+                   "paths (default: all installed)")
     d.add_argument("--workers", type=int, help="rendering processes (default: one per CPU); "
                    "the songs do not depend on it")
     d.set_defaults(func=cmd_data)
