@@ -7,7 +7,7 @@ stays exactly the sum of the stems.
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import lfilter, oaconvolve, sosfilt
+from scipy.signal import fftconvolve, lfilter, sosfilt
 
 from ..runtime.contract import SAMPLE_RATE
 
@@ -52,13 +52,13 @@ def compress(x: np.ndarray, threshold_db: float, ratio: float, time_s: float = 0
     The envelope is a one-pole smoothing (lfilter) of the squared, channel-linked signal, so the
     whole thing is vectorised; a single time constant stands in for attack and release.
     """
-    power = np.mean(x.astype(np.float64) ** 2, axis=1)
+    power = np.mean(np.square(x, dtype=np.float32), axis=1)
     k = np.exp(-1 / (time_s * rate))
-    env_db = 10 * np.log10(lfilter([1 - k], [1, -k], power) + 1e-12)
+    env_db = 10 * np.log10(lfilter([1 - k], [1, -k], power).astype(np.float32) + 1e-12)
     over = np.maximum(env_db - threshold_db, 0)
     gain_db = -over * (1 - 1 / ratio)
     makeup = -np.median(gain_db[env_db > threshold_db]) if np.any(env_db > threshold_db) else 0.0
-    return (x * (10 ** ((gain_db + makeup / 2) / 20))[:, None]).astype(np.float32)
+    return x * (10 ** ((gain_db + makeup / 2) / 20)).astype(np.float32)[:, None]
 
 
 def pan(x: np.ndarray, position: float) -> np.ndarray:
@@ -79,7 +79,7 @@ def room_ir(rt60: float, rng: np.random.Generator, rate: int = SAMPLE_RATE) -> n
 
 def reverb(x: np.ndarray, ir: np.ndarray, wet: float) -> np.ndarray:
     """Dry signal plus `wet` times its convolution with a room `ir`: (n, 2) -> (n, 2)."""
-    tail = oaconvolve(x, ir, axes=0)[: len(x)]
+    tail = fftconvolve(x, ir, axes=0)[: len(x)]
     return (x + wet * tail).astype(np.float32)
 
 
