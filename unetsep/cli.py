@@ -39,7 +39,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         fit.configure_cpus(args.cpu_devices)
     path = fit.train(args.data, args.out, target=args.target, preset_name=args.preset,
                      epochs=args.epochs, batch_size=args.batch_size, steps=args.steps,
-                     strategy=args.strategy, seed=args.seed, stock_layers=args.stock_layers)
+                     strategy=args.strategy, seed=args.seed, stock_layers=args.stock_layers,
+                     augment=not args.no_augment)
     print(f"trained model: {path}")
 
 
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu-devices", type=int, default=0,
                    help="split the CPU into N logical devices (try --strategy mirrored without GPUs)")
     t.add_argument("--seed", type=int, default=0, help="random seed for weights and excerpts")
+    t.add_argument("--no-augment", action="store_true",
+                   help="train on excerpts as recorded (default: remix songs, random gains, "
+                   "polarity, channel swap and level)")
     t.add_argument("--stock-layers", action="store_true",
                    help="use Keras' own Conv1D/Conv1DTranspose kernels (slow on CPU; for comparison)")
     t.set_defaults(func=cmd_train)
