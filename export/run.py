@@ -104,13 +104,14 @@ def calibration_frames(data: str, cfg, n: int = 4096, gain: float = 1.0, seed: i
 def calibration_audio(data: str, cfg, seconds: float = 24.0, seed: int = 0) -> np.ndarray:
     """(samples, channels) of training audio, random excerpts end to end, to calibrate the int8
     version of a streaming model."""
-    from ..train.dataset import excerpts, open_db
+    from ..train.augment import augmented_excerpts
+    from ..train.dataset import open_db
 
     db = open_db(data, "train", "train", cfg.target, cfg.sample_rate)
     if not db.tracks:
         raise UserError(f"--data {data} has no training tracks to calibrate int8 models on")
     chunks, have = [], 0.0
-    for mix, _ in excerpts(db.tracks, cfg.target, 3.0, seed):
+    for mix, _ in augmented_excerpts(db.tracks, cfg.target, 3.0, seed, augment=False):
         chunks.append(mix)
         have += len(mix) / cfg.sample_rate
         if have >= seconds:

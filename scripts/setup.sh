@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(ffmpeg fluidsynth fluid-soundfont-gm libportaudio2 libsndfile1 jackd2)
+# --train-data: recorded drum kits and more sound sets for 'unetsep data' (train/SOUNDS.md).
+if [[ ${1:-} == --train-data ]]; then
+  APT_PACKAGES+=(hydrogen-drumkits avldrums.lv2-soundfont musescore-general-soundfont-lossless
+                 timgm6mb-soundfont fluid-soundfont-gs sonic-pi-samples)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -104,6 +104,7 @@ def _drum_part(rng: np.random.Generator, n_bars: int, bar: float, kit: int) -> P
     step = bar / 16
     jitter = step * 0.04
     fill_every = int(rng.choice([4, 8]))
+    ghosts = rng.random() < 0.5
     for b in range(n_bars):
         t0 = b * bar
         is_fill = (b % fill_every) == fill_every - 1 and rng.random() < 0.8
@@ -120,8 +121,24 @@ def _drum_part(rng: np.random.Generator, n_bars: int, bar: float, kit: int) -> P
                 t = t0 + s * step
                 part.notes.append(Note(t, t + step, key, _vel(rng, 100)))
         if b % (fill_every * 2) == 0 or (b > 0 and (b - 1) % fill_every == fill_every - 1):
-            part.notes.append(Note(t0, t0 + bar, CRASH, _vel(rng, 105)))
+            # A crash rings for two bars, or now and then is grabbed by the hand (choke).
+            end = t0 + (rng.uniform(0.1, 0.4) if rng.random() < 0.15 else 2 * bar)
+            part.notes.append(Note(t0, end, CRASH, _vel(rng, 105)))
+        if ghosts and not is_fill:  # quiet snare ghost notes between the backbeats
+            for s in rng.choice([1, 3, 6, 7, 9, 11, 14, 15], size=int(rng.integers(1, 4)), replace=False):
+                t = t0 + int(s) * step + rng.normal(0, jitter)
+                part.notes.append(Note(max(t, 0.0), t + step, SNARE, _vel(rng, 32, 10)))
+    _choke_open_hats(part.notes)
     return part
+
+
+def _choke_open_hats(notes: list[Note]) -> None:
+    """An open hat rings until the next closed or pedal hat closes it (its note ends there)."""
+    closes = sorted(n.start for n in notes if n.pitch in (HAT_CLOSED, HAT_PEDAL))
+    for n in notes:
+        if n.pitch == HAT_OPEN:
+            later = [t for t in closes if t > n.start + 1e-3]
+            n.end = later[0] if later else n.start + 1.0
 
 
 def _chord_tones(root: int, scale: tuple[int, ...], degree: int) -> list[int]:

@@ -78,24 +78,17 @@ def read_excerpt(track, target: str, start: float, seconds: float) -> tuple[np.n
         track.chunk_start, track.chunk_duration = 0, None
 
 
-def excerpt_stream(tracks: list, target: str, frame: int, seed: int):
-    """Endless (mix_frames, target_frames) arrays from random excerpts of random tracks.
+def excerpt_stream(tracks: list, target: str, frame: int, seed: int, augment: bool = False):
+    """Endless (mix_frames, target_frames) arrays from random excerpts of random tracks, each
+    (n, frame, 1); with `augment`, remixed and rescaled excerpts (augment.augmented_excerpts)."""
+    from .augment import augmented_excerpts
 
-    Tracks are drawn in proportion to their duration, so every second of music is equally likely.
-    """
-    durations = np.array([t.duration for t in tracks], dtype=float)
-    weights = durations / durations.sum()
-    rng = np.random.default_rng(seed)
-    while True:
-        i = rng.choice(len(tracks), p=weights)
-        seconds = min(CHUNK_SECONDS, durations[i])
-        start = float(rng.uniform(0, durations[i] - seconds))
-        mix, tgt = read_excerpt(tracks[i], target, start, seconds)
+    for mix, tgt in augmented_excerpts(tracks, target, CHUNK_SECONDS, seed, augment):
         yield frames_of(mix, frame), frames_of(tgt, frame)
 
 
 def batch_stream(tracks: list, target: str, frame: int, batch_size: int, seed: int,
-                 pool_frames: int = 32768):
+                 pool_frames: int = 32768, augment: bool = False):
     """Endless shuffled (mix, target) batches, each (batch_size, frame, 1) float32.
 
     Frames from ~24 random 1 s excerpts (both channels) fill a pool of `pool_frames`, which is
@@ -104,7 +97,7 @@ def batch_stream(tracks: list, target: str, frame: int, batch_size: int, seed: i
     pipeline below the model's own training rate.
     """
     rng = np.random.default_rng(seed + 1)
-    excerpts = excerpt_stream(tracks, target, frame, seed)
+    excerpts = excerpt_stream(tracks, target, frame, seed, augment)
     while True:
         xs, ys, have = [], [], 0
         while have < pool_frames:
@@ -120,7 +113,7 @@ def batch_stream(tracks: list, target: str, frame: int, batch_size: int, seed: i
 
 
 def training_dataset(tracks: list, target: str, frame: int, batch_size: int, seed: int,
-                     shuffle_frames: int = 32768):
+                     shuffle_frames: int = 32768, augment: bool = False):
     """tf.data over `batch_stream`: shuffled batches from random excerpts, prefetched.
 
     Peak memory is the shuffle pool (32768 frames = 8 MB for mix and target) whatever the number
@@ -130,7 +123,7 @@ def training_dataset(tracks: list, target: str, frame: int, batch_size: int, see
 
     spec = tf.TensorSpec((batch_size, frame, 1), tf.float32)
     ds = tf.data.Dataset.from_generator(
-        lambda: batch_stream(tracks, target, frame, batch_size, seed, shuffle_frames),
+        lambda: batch_stream(tracks, target, frame, batch_size, seed, shuffle_frames, augment),
         output_signature=(spec, spec))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -159,18 +152,6 @@ def total_frames(tracks: list, frame: int) -> int:
 # Streaming presets train on continuous segments (the state must learn to carry over seconds),
 # each channel of an excerpt one example; the target is stacked with the mixture so that the
 # loss can normalise by the mixture's level.
-
-
-def excerpts(tracks: list, target: str, seconds: float, seed: int):
-    """Endless (mix, target) excerpts, each (samples, channels) float32, `seconds` long (shorter
-    tracks are zero-padded), from random tracks drawn in proportion to their duration."""
-    durations = np.array([t.duration for t in tracks], dtype=float)
-    rng = np.random.default_rng(seed)
-    while True:
-        i = rng.choice(len(tracks), p=durations / durations.sum())
-        take = min(seconds, durations[i])
-        start = float(rng.uniform(0, durations[i] - take))
-        yield read_excerpt(tracks[i], target, start, take)
 
 
 def segment_examples(mix: np.ndarray, tgt: np.ndarray, segment: int, lookahead: int = 0
@@ -204,11 +185,14 @@ def segment_batches(source, segment: int, batch_size: int, lookahead: int = 0):
 
 
 def segment_dataset(tracks: list, target: str, segment: int, batch_size: int, seed: int,
-                    rate: int, lookahead: int = 0):
-    """tf.data over `segment_batches` of random excerpts, prefetched; memory: a few batches."""
+                    rate: int, lookahead: int = 0, augment: bool = False):
+    """tf.data over `segment_batches` of random (augmented) excerpts, prefetched; memory: a few
+    batches."""
     import tensorflow as tf
 
-    source = excerpts(tracks, target, segment / rate, seed)
+    from .augment import augmented_excerpts
+
+    source = augmented_excerpts(tracks, target, segment / rate, seed, augment)
     ds = tf.data.Dataset.from_generator(
         lambda: segment_batches(source, segment, batch_size, lookahead),
         output_signature=(tf.TensorSpec((batch_size, segment, 1), tf.float32),

@@ -169,7 +169,8 @@ def _check_resumable(run: Path, cfg: UNetConfig) -> None:
 
 def train(data: str | Path, out: str | Path, target: str = "drums", preset_name: str = "seed",
           epochs: int | None = None, batch_size: int | None = None, steps: int | None = None,
-          strategy: str = "default", seed: int = 0, stock_layers: bool = False) -> Path:
+          strategy: str = "default", seed: int = 0, stock_layers: bool = False,
+          augment: bool = True) -> Path:
     """Train (or resume) a run in `out`; returns the path of the trained model.keras."""
     import keras
 
@@ -191,7 +192,7 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     cfg = replace(cfg, extra={"data": str(Path(data).resolve()), "trained_on": Path(data).name,
                               "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
                               "train_tracks": len(train_db.tracks),
-                              "valid_tracks": len(valid_db.tracks)})
+                              "valid_tracks": len(valid_db.tracks), "augment": augment})
     chief = is_chief()
     try:
         run.mkdir(parents=True, exist_ok=True)
@@ -221,12 +222,13 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     stream_seed = seed * 100003 + initial_epoch
     if cfg.streaming:
         ds = segment_dataset(train_db.tracks, cfg.target, cfg.segment, cfg.batch_size, stream_seed,
-                             cfg.sample_rate, cfg.lookahead)
+                             cfg.sample_rate, cfg.lookahead, augment=augment)
         xv, yv = validation_segments(valid_db.tracks, cfg.target, cfg.segment, cfg.sample_rate,
                                      cfg.lookahead)
         unit = f"{cfg.segment_seconds:g} s segments"
     else:
-        ds = training_dataset(train_db.tracks, cfg.target, cfg.frame, cfg.batch_size, seed=stream_seed)
+        ds = training_dataset(train_db.tracks, cfg.target, cfg.frame, cfg.batch_size, seed=stream_seed,
+                              augment=augment)
         xv, yv = validation_frames(valid_db.tracks, cfg.target, cfg.frame)
         unit = "frames"
     print(f"training {cfg.preset} ({model.count_params():,} parameters) on {len(train_db.tracks)} "

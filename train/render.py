@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from ..runtime.contract import SAMPLE_RATE, TARGETS
 from ..runtime.errors import UserError
 from ..runtime.files import write_text_atomic
 from .compose import Song, compose
+from .kits import Kit, SoundSet, render_samples, select_kits, select_soundsets
+from .mixing import produce, rms_db
 
 SOUNDFONT_PATHS = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
@@ -52,74 +55,114 @@ def _import_fluidsynth():
     return fluidsynth
 
 
-class StemRenderer:
-    """One FluidSynth instance per stem, SoundFont loaded once, reused across songs."""
+def _new_synth(soundfont: str, sample_rate: int):
+    """A fresh FluidSynth instance with `soundfont` loaded: (synth, soundfont id).
 
-    def __init__(self, soundfont: str, sample_rate: int = SAMPLE_RATE):
-        fluidsynth = _import_fluidsynth()
-        self.rate = sample_rate
-        self.synths = {}
-        for stem in TARGETS:
-            fs = fluidsynth.Synth(gain=0.4, samplerate=float(sample_rate))
-            sfid = fs.sfload(soundfont)
-            if sfid < 0:
-                raise UserError(f"FluidSynth could not load the SoundFont {soundfont}: {FIX_SOUNDFONT}")
-            self.synths[stem] = (fs, sfid)
-
-    def render(self, song: Song) -> dict[str, np.ndarray]:
-        """Each stem as float32 (samples, 2), exactly `song.seconds` long, unscaled."""
-        n = int(round(song.seconds * self.rate))
-        out = {}
-        for stem in TARGETS:
-            fs, sfid = self.synths[stem]
-            parts = [p for p in song.parts if p.stem == stem]
-            out[stem] = self._render_parts(fs, sfid, parts, n)
-        return out
-
-    def _render_parts(self, fs, sfid, parts, n: int) -> np.ndarray:
-        # Events sorted by sample time; note-offs before note-ons at the same sample.
-        events = []
-        for p in parts:
-            fs.program_select(p.channel, sfid, p.bank, p.program)
-            for note in p.notes:
-                events.append((int(note.start * self.rate), 1, p.channel, note.pitch, note.velocity))
-                events.append((int(note.end * self.rate), 0, p.channel, note.pitch, 0))
-        events.sort()
-        chunks, t = [], 0
-        for when, on, ch, pitch, vel in events:
-            when = min(when, n)
-            if when > t:
-                chunks.append(fs.get_samples(when - t))
-                t = when
-            if on:
-                fs.noteon(ch, pitch, vel)
-            else:
-                fs.noteoff(ch, pitch)
-        if n > t:
-            chunks.append(fs.get_samples(n - t))
-        audio = np.concatenate(chunks).reshape(-1, 2).astype(np.float32) / 32768.0
-        # Silence this synth, and let its reverb and chorus tails die before the next song.
-        for p in parts:
-            fs.all_sounds_off(p.channel)
-        fs.get_samples(self.rate)
-        return audio[:n]
+    Samples load on demand (dynamic sample loading), so a new synth costs ~25 ms instead of
+    ~200 ms for reading all of FluidR3's samples; that makes a fresh synth per stem affordable.
+    """
+    fluidsynth = _import_fluidsynth()
+    # FluidSynth's own reverb and chorus are off: mixing.produce puts each song in its rooms.
+    fs = fluidsynth.Synth(gain=0.4, samplerate=float(sample_rate),
+                          **{"synth.dynamic-sample-loading": 1, "synth.reverb.active": 0,
+                             "synth.chorus.active": 0})
+    sfid = fs.sfload(soundfont)
+    if sfid < 0:
+        fs.delete()
+        raise UserError(f"FluidSynth could not load the SoundFont {soundfont}: {FIX_SOUNDFONT}")
+    return fs, sfid
 
 
-def mix_stems(stems: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random per-stem gains, scaled so the mixture peaks at PEAK, as int16 (samples, 2) arrays.
+def render_song(song: Song, soundfont: str, sample_rate: int = SAMPLE_RATE, kit: Kit | None = None,
+                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Each stem as float32 (samples, 2), exactly `song.seconds` long, unscaled.
+
+    Instruments play from `soundfont`; drums from `kit` (a SoundFont preset or a sample kit, then
+    drawing round robin and instrument choices from `rng`), or the song's own GM kit in `soundfont`.
+    Every stem is played by a new synth, deleted afterwards: a synth kept across songs carries
+    reverb and chorus tails and voice state from whatever it rendered before, which made a song's
+    audio depend on the order in which worker processes picked up songs.
+    """
+    n = int(round(song.seconds * sample_rate))
+    out = {}
+    for stem in TARGETS:
+        parts = [p for p in song.parts if p.stem == stem]
+        path = soundfont
+        if stem == "drums" and kit is not None:
+            if kit.kind == "samples":
+                notes = [note for p in parts for note in p.notes]
+                out[stem] = render_samples(kit, notes, n, rng or np.random.default_rng(0), sample_rate)
+                continue
+            path = kit.path
+            for p in parts:
+                p.bank, p.program = kit.bank, kit.preset
+        fs, sfid = _new_synth(path, sample_rate)
+        try:
+            out[stem] = _render_parts(fs, sfid, parts, n, sample_rate)
+        finally:
+            fs.delete()
+    return out
+
+
+def _render_parts(fs, sfid, parts, n: int, rate: int) -> np.ndarray:
+    """Play `parts` on one synth: (n, 2) float32."""
+    # Events sorted by sample time; note-offs before note-ons at the same sample.
+    events = []
+    for p in parts:
+        fs.program_select(p.channel, sfid, p.bank, p.program)
+        for note in p.notes:
+            events.append((int(note.start * rate), 1, p.channel, note.pitch, note.velocity))
+            events.append((int(note.end * rate), 0, p.channel, note.pitch, 0))
+    events.sort()
+    chunks, t = [], 0
+    for when, on, ch, pitch, vel in events:
+        when = min(when, n)
+        if when > t:
+            chunks.append(fs.get_samples(when - t))
+            t = when
+        if on:
+            fs.noteon(ch, pitch, vel)
+        else:
+            fs.noteoff(ch, pitch)
+    if n > t:
+        chunks.append(fs.get_samples(n - t))
+    audio = np.concatenate(chunks).reshape(-1, 2).astype(np.float32) / 32768.0
+    return audio[:n]
+
+
+def mix_stems(stems: dict[str, np.ndarray], peak: float = PEAK) -> dict[str, np.ndarray]:
+    """Stems scaled together so the mixture peaks at `peak`, as int16 (samples, 2) arrays.
 
     The stems are rounded to 16-bit first and the mixture is their integer sum, so that what is
     read back from the wav files satisfies mixture == sum(stems) exactly.
     """
-    gains = {s: 10 ** (rng.uniform(-9, 0) / 20) for s in stems}
-    scaled = {s: a * gains[s] for s, a in stems.items()}
-    peak = np.abs(sum(scaled.values())).max()
-    scale = 32768 * (PEAK / peak if peak > 0 else 1.0)
-    q = {s: np.clip(np.round(a * scale), -32768, 32767).astype(np.int32) for s, a in scaled.items()}
+    top = np.abs(sum(stems.values())).max()
+    scale = 32768 * (peak / top if top > 0 else 1.0)
+    q = {s: np.clip(np.round(a * scale), -32768, 32767).astype(np.int32) for s, a in stems.items()}
     mixture = sum(q.values())
     assert np.abs(mixture).max() <= 32767, "mixture clipped despite normalisation"
     q["mixture"] = mixture
     return {s: a.astype(np.int16) for s, a in q.items()}
+
+
+def split_sounds(kits: list, soundsets: list, seed: int) -> tuple[list, list, list, list]:
+    """(train kits, held-out kits, train sound sets, held-out sound sets), decided by `seed`.
+
+    About a quarter of the kits (at least one, when there are two or more) and, when there are
+    two or more sound sets, a quarter of those are kept for test songs only.
+    """
+    rng = np.random.default_rng([seed, 0x5EED])
+
+    def split(items):
+        if len(items) < 2:
+            return list(items), []
+        order = rng.permutation(len(items))
+        k = max(1, round(len(items) * 0.25))
+        return [items[i] for i in sorted(order[k:])], [items[i] for i in sorted(order[:k])]
+
+    train_kits, held_kits = split(kits)
+    train_sets, held_sets = split(soundsets)
+    return train_kits, held_kits, train_sets, held_sets
 
 
 def split_counts(songs: int) -> tuple[int, int, int]:
@@ -158,9 +201,15 @@ def _setup_yaml(validation: list[str]) -> str:
 
 
 def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed: int = 0,
-                   soundfont: str | None = None, progress: bool = True) -> Path:
+                   soundfont: str | None = None, progress: bool = True,
+                   workers: int | None = None, kits: list[str] | None = None,
+                   soundfonts: list[str] | None = None) -> Path:
     """Render `songs` songs into `out` (MUSDB18-HQ layout); deterministic from `seed`.
 
+    `workers` processes render in parallel (default: one per CPU); the audio does not depend on it.
+    Each song draws its drum kit and instrument sound set from those installed (or `kits`,
+    `soundfonts`); test songs alternate between held-out kits/sound sets, which no training song
+    uses, and training ones. OUT/manifest.json records each track's choice.
     Each track folder is written under OUT/.staging and renamed into place when complete, so an
     interrupted run never leaves a track that looks finished; a rerun renders only what is missing.
     """
@@ -170,7 +219,10 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
         raise UserError(f"--seconds {seconds} must be positive")
     out = Path(out)
     plan = plan_dataset(songs)
-    sf_path = find_soundfont(soundfont)
+    sets = ([SoundSet(Path(soundfont).stem, find_soundfont(soundfont))] if soundfont
+            else select_soundsets(soundfonts))
+    kit_list = select_kits(kits, sets)
+    train_kits, held_kits, train_sets, held_sets = split_sounds(kit_list, sets, seed)
     _import_fluidsynth()  # fail here with the fix, not inside a worker process
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -186,34 +238,72 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
             if not (out / subset / name).exists()]
     for subset in set(plan.subsets):
         (out / subset).mkdir(exist_ok=True)
-    jobs = [(seed, i, seconds, out / subset / name, staging) for i, name, subset in todo]
-    workers = max(1, min(len(jobs), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(sf_path,)) as pool:
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")
+    choice = {}
+    for i, (name, subset) in enumerate(zip(plan.names, plan.subsets)):
+        pick = np.random.default_rng([seed, i, 1])
+        heldout = subset == "test" and plan.subsets[:i].count("test") % 2 == 0 and bool(held_kits)
+        ks = held_kits if heldout else train_kits
+        ss = held_sets if heldout and held_sets else train_sets
+        choice[name] = (ks[int(pick.integers(len(ks)))], ss[int(pick.integers(len(ss)))], heldout)
+    jobs = [(seed, i, seconds, out / subset / name, staging, *choice[name][:2])
+            for i, name, subset in todo]
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    levels = {}
+    with ProcessPoolExecutor(workers) as pool:
         done = tqdm(pool.map(_render_track, jobs), total=len(plan.names), unit="song",
                     initial=len(plan.names) - len(jobs), desc="rendering", disable=not progress)
-        for _ in done:
-            pass
+        for name, level in done:
+            levels[name] = level
+    tracks = {}
+    for name, subset in zip(plan.names, plan.subsets):
+        kit, sset, heldout = choice[name]
+        level = levels.get(name)
+        if level is None:  # rendered by an earlier run
+            level = drums_to_rest_db(out / subset / name)
+        tracks[name] = {"subset": subset, "kit": kit.name, "soundfont": sset.name,
+                        "heldout": heldout, "drums_to_rest_db": round(level, 2)}
+    manifest = {"seed": seed, "kits": {"train": [k.name for k in train_kits],
+                                       "heldout": [k.name for k in held_kits]},
+                "soundfonts": {"train": [x.name for x in train_sets],
+                               "heldout": [x.name for x in held_sets]},
+                "tracks": tracks}
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(staging, ignore_errors=True)
     write_text_atomic(out / "setup.yaml", _setup_yaml(plan.validation))
     return out
 
 
-_renderer: StemRenderer | None = None
+def drums_to_rest_db(track: Path) -> float:
+    """RMS level of drums.wav relative to mixture - drums, in dB."""
+    mix = sf.read(track / "mixture.wav", dtype="float32")[0]
+    drums = sf.read(track / "drums.wav", dtype="float32")[0]
+    return rms_db(drums) - rms_db(mix - drums)
 
 
-def _init_worker(soundfont: str) -> None:
-    global _renderer
-    _renderer = StemRenderer(soundfont)
+def heldout_tracks(root: str | Path) -> dict[str, bool]:
+    """{track name: True if its drum kit or sound set is one no training song uses}, from the
+    dataset's manifest.json (empty for datasets without one, e.g. MUSDB18)."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return {}
+    return {name: bool(t["heldout"]) for name, t in json.loads(path.read_text())["tracks"].items()}
 
 
-def _render_track(job) -> None:
-    """Compose, render and write one track (in a worker process): staged, then renamed."""
-    seed, index, seconds, final, staging = job
+def _render_track(job) -> tuple[str, float]:
+    """Compose, render, mix and write one track (in a worker process): staged, then renamed.
+
+    Returns (track name, drums-to-rest level in dB as written)."""
+    seed, index, seconds, final, staging, kit, soundset = job
     rng = np.random.default_rng([seed, index])
     song = compose(final.name, seconds, rng)
-    audio = mix_stems(_renderer.render(song), rng)
+    stems, _ = produce(render_song(song, soundset.path, kit=kit, rng=rng), rng)
+    audio = mix_stems(stems)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}-", dir=staging))
     for stem, a in audio.items():
         sf.write(tmp / f"{stem}.wav", a, SAMPLE_RATE, subtype="PCM_16")
+    d = audio["drums"].astype(np.float64)
+    level = rms_db(d) - rms_db(audio["mixture"] - d)
     os.replace(tmp, final)
-
+    return final.name, level

@@ -6,6 +6,7 @@ never load TensorFlow. A `UserError` anywhere prints one line and exits with sta
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -20,8 +21,14 @@ def cmd_data(args: argparse.Namespace) -> None:
     from unetsep.train.render import render_dataset
 
     out = render_dataset(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed,
-                         soundfont=args.soundfont)
-    print(f"wrote {args.songs} songs to {out} (MUSDB18-HQ layout)")
+                         soundfont=args.soundfont, workers=args.workers, kits=args.kits,
+                         soundfonts=args.soundfonts)
+    m = json.loads((out / "manifest.json").read_text())
+    for what in ("kits", "soundfonts"):
+        used = m[what]["train"] + m[what]["heldout"]
+        print(f"{what}: {len(used)} ({len(m[what]['heldout'])} held out for test songs): "
+              f"{', '.join(used)}")
+    print(f"wrote {args.songs} songs to {out} (MUSDB18-HQ layout, manifest.json)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -32,7 +39,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         fit.configure_cpus(args.cpu_devices)
     path = fit.train(args.data, args.out, target=args.target, preset_name=args.preset,
                      epochs=args.epochs, batch_size=args.batch_size, steps=args.steps,
-                     strategy=args.strategy, seed=args.seed, stock_layers=args.stock_layers)
+                     strategy=args.strategy, seed=args.seed, stock_layers=args.stock_layers,
+                     augment=not args.no_augment)
     print(f"trained model: {path}")
 
 
@@ -243,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=20.0, help="length of each song (default 20)")
     d.add_argument("--seed", type=int, default=0, help="random seed; same seed, same songs")
     d.add_argument("--soundfont", help="General MIDI .sf2 (default: FluidR3_GM where installed)")
+    d.add_argument("--kits", nargs="+", metavar="KIT",
+                   help="drum kits to draw from: names or patterns (e.g. 'hydrogen:*', "
+                   "'FluidR3_GM:jazz'), Hydrogen kit folders or .sf2 files (default: all installed)")
+    d.add_argument("--soundfonts", nargs="+", metavar="SET",
+                   help="instrument sound sets: FluidR3_GM, MuseScore_General, TimGM6mb or .sf2 "
+                   "paths (default: all installed)")
+    d.add_argument("--workers", type=int, help="rendering processes (default: one per CPU); "
+                   "the songs do not depend on it")
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train the U-Net on a MUSDB18-layout folder")
@@ -259,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu-devices", type=int, default=0,
                    help="split the CPU into N logical devices (try --strategy mirrored without GPUs)")
     t.add_argument("--seed", type=int, default=0, help="random seed for weights and excerpts")
+    t.add_argument("--no-augment", action="store_true",
+                   help="train on excerpts as recorded (default: remix songs, random gains, "
+                   "polarity, channel swap and level)")
     t.add_argument("--stock-layers", action="store_true",
                    help="use Keras' own Conv1D/Conv1DTranspose kernels (slow on CPU; for comparison)")
     t.set_defaults(func=cmd_train)
