@@ -61,30 +61,47 @@ def score_track(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, esti
 
 
 def evaluate(data: str, models: list, target: str = "drums", subset: str = "test",
-             max_tracks: int | None = None, seconds: float | None = None, progress=None) -> dict:
-    """Score `models` (loaded runtime backends) on a musdb-layout folder's `subset` tracks."""
+             max_tracks: int | None = None, seconds: float | None = None, progress=None,
+             gain_db: float = 0.0, oracles: bool = True) -> dict:
+    """Score `models` (loaded runtime backends) on a musdb-layout folder's `subset` tracks.
+
+    `gain_db` scales the mixture fed to the models (and the references with it: SDR then measures
+    the estimate rescaled to the original level). Tracks a rendered dataset's manifest marks as
+    using held-out drum kits or sound sets are reported apart from the in-kit ones ("groups").
+    """
     from ..runtime.separate import estimate, model_name
     from ..train.dataset import open_db
+    from ..train.render import heldout_tracks
     from pathlib import Path
 
     rate = models[0].info.sample_rate
     db = open_db(data, subset, None, target, rate)
     tracks = db.tracks[:max_tracks] if max_tracks else db.tracks
+    heldout = heldout_tracks(data)
+    gain = np.float32(10 ** (gain_db / 20))
     rows = []
     for t in tracks:
-        mix = t.audio.astype(np.float32)
-        stems = {k: v.audio.astype(np.float32) for k, v in t.sources.items()}
+        mix = t.audio.astype(np.float32) * gain
+        stems = {k: v.audio.astype(np.float32) * gain for k, v in t.sources.items()}
         n = len(mix) if seconds is None else min(len(mix), int(seconds * rate))
         n = n // models[0].info.frame * models[0].info.frame  # museval runs ~1x real time
         mix, stems = mix[:n], {k: v[:n] for k, v in stems.items()}
-        ests = {model_name(Path(m.path), target): estimate(m, mix)
-                for m in models}
-        scores = score_track(mix, stems, target, ests, rate)
-        rows.append({"name": t.name, "scores": scores})
+        ests = {model_name(Path(m.path), target): estimate(m, mix) for m in models}
+        scores = score_track(mix, stems, target, ests, rate, oracles=oracles)
+        rows.append({"name": t.name, "scores": scores, "heldout": heldout.get(t.name)})
         if progress:
             progress(t.name, scores)
     methods = list(rows[0]["scores"]) if rows else []
-    median = {m: {k: float(np.nanmedian([r["scores"][m][k] for r in rows])) for k in ("sdr", "sir", "sar")}
-              for m in methods}
-    return {"target": target, "data": str(data), "subset": subset, "seconds_per_track": seconds, "methods": methods,
-            "median": median, "rows": rows}
+
+    def medians(rs: list) -> dict:
+        return {m: {k: float(np.nanmedian([r["scores"][m][k] for r in rs])) for k in ("sdr", "sir", "sar")}
+                for m in methods}
+
+    groups = {}
+    for label, flag in (("in-kit", False), ("held-out", True)):
+        rs = [r for r in rows if r["heldout"] is flag]
+        if rs:
+            groups[label] = {"tracks": len(rs), "median": medians(rs)}
+    return {"target": target, "data": str(data), "subset": subset, "seconds_per_track": seconds,
+            "gain_db": gain_db, "methods": methods, "median": medians(rows) if rows else {},
+            "groups": groups, "rows": rows}

@@ -236,7 +236,9 @@ def compile_unet(model: keras.Model, cfg: UNetConfig) -> keras.Model:
         raise UserError(f"unknown loss {cfg.loss!r}: choose mae or nmae")
     burn = cfg.burn_in if cfg.streaming else 0
     loss = "mae" if not cfg.streaming and not normalise else SegmentLoss(burn, normalise)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
+    # Streaming presets backpropagate through thousands of GRU steps: clip the gradient's norm.
+    clip = 1.0 if cfg.streaming else None
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=clip), loss=loss,
                   metrics=[ZeroEstimate(burn, normalise)])
     return model
 
