@@ -12,8 +12,88 @@ import sys
 from unetsep.runtime.errors import UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line naming the problem and where to look,
+    exit status 2, before any command runs (so bad flags never load TensorFlow or write a file)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _number(kind: type, minimum: float, strict: bool):
+    """An argparse `type=` converter: `kind` (int or float), finite, above (strict) or at least
+    `minimum`. Rejecting 0 and negatives here is what keeps `--steps -3` from hanging Keras and
+    `--batch-size 0` from reaching a run's config.json."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < minimum or (strict and value == minimum):
+            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the converter in some messages
+    return convert
+
+
+positive_int = _number(int, 1, strict=False)
+non_negative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0.0, strict=True)
+non_negative_float = _number(float, 0.0, strict=False)
+finite_float = _number(float, float("-inf"), strict=False)
+
+
 def _quiet_tensorflow() -> None:
+    """Import TensorFlow (and Keras) with its C++ start-up lines kept off the terminal.
+
+    TF_CPP_MIN_LOG_LEVEL only filters what is logged after absl's logger is set up; on import
+    TensorFlow writes "All log messages before absl::InitializeLog() ..." and "oneDNN custom
+    operations are on ..." straight to file descriptor 2. So fd 2 points at a temporary file for
+    the import, and what was written there is shown only if the import fails. (TF_ENABLE_ONEDNN_OPTS
+    is left alone: setting it to 0 would silence the line but change numerics and speed.)
+    """
+    import tempfile
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            import keras  # noqa: F401  (imports tensorflow, its backend)
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _check_training_data(data: str, target: str) -> None:
+    """The data checks `train` makes, run before TensorFlow is imported: a wrong folder, target or
+    sample rate then fails in a fraction of a second with one clean line."""
+    from unetsep.runtime.contract import SAMPLE_RATE
+    from unetsep.train.dataset import open_db
+
+    for split, what in (("train", "training"), ("valid", "validation")):
+        db = open_db(data, "train", split, target, SAMPLE_RATE)
+        if not db.tracks:
+            hint = ("train/ is empty or all validation" if split == "train" else
+                    "add a setup.yaml naming them (as 'unetsep data' writes) or use MUSDB18's own "
+                    "track names")
+            raise UserError(f"--data {data} has no {what} tracks: {hint}")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -25,6 +105,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _check_training_data(args.data, args.target)
     _quiet_tensorflow()
     from unetsep.train import fit
 
@@ -232,14 +313,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unetsep", description=__doc__.splitlines()[0])
+    p = Parser(prog="unetsep", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("data", help="render the default multitrack dataset (MUSDB18-HQ layout)")
     d.add_argument("--out", required=True, help="dataset folder to create")
-    d.add_argument("--songs", type=int, default=6, help="number of songs (default 6)")
-    d.add_argument("--seconds", type=float, default=20.0, help="length of each song (default 20)")
-    d.add_argument("--seed", type=int, default=0, help="random seed; same seed, same songs")
+    d.add_argument("--songs", type=positive_int, default=6, help="number of songs (default 6)")
+    d.add_argument("--seconds", type=positive_float, default=20.0, help="length of each song (default 20)")
+    d.add_argument("--seed", type=non_negative_int, default=0, help="random seed; same seed, same songs")
     d.add_argument("--soundfont", help="General MIDI .sf2 (default: FluidR3_GM where installed)")
     d.set_defaults(func=cmd_data)
 
@@ -247,16 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="MUSDB18, MUSDB18-HQ or 'unetsep data' folder")
     t.add_argument("--target", default="drums", help="drums (default), bass, other or vocals")
     t.add_argument("--preset", default="seed", help="architecture preset: seed (default) or tiny")
-    t.add_argument("--epochs", type=int, help="epochs (default: the preset's, 40)")
-    t.add_argument("--batch-size", type=int, help="frames per batch (default 512)")
-    t.add_argument("--steps", type=int, help="steps per epoch (default: one pass over the data)")
+    t.add_argument("--epochs", type=positive_int, help="epochs (default: the preset's, 40)")
+    t.add_argument("--batch-size", type=positive_int, help="frames per batch (default 512)")
+    t.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass over the data)")
     t.add_argument("--out", default="runs/default", help="run directory (default runs/default); "
                    "an interrupted run there resumes")
     t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute strategy: mirrored = all local GPUs, multiworker = TF_CONFIG")
-    t.add_argument("--cpu-devices", type=int, default=0,
+    t.add_argument("--cpu-devices", type=non_negative_int, default=0,
                    help="split the CPU into N logical devices (try --strategy mirrored without GPUs)")
-    t.add_argument("--seed", type=int, default=0, help="random seed for weights and excerpts")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="random seed for weights and excerpts")
     t.add_argument("--stock-layers", action="store_true",
                    help="use Keras' own Conv1D/Conv1DTranspose kernels (slow on CPU; for comparison)")
     t.set_defaults(func=cmd_train)
@@ -265,17 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run directory written by 'unetsep train'")
     e.add_argument("--out", help="model directory (default models/<run name>)")
     e.add_argument("--data", help="dataset for calibration and checks (default: the run's own)")
-    e.add_argument("--max-error", type=float, default=1e-4, help="float32: max abs error (1e-4)")
-    e.add_argument("--min-snr", type=float, default=50.0, help="float16: min output SNR in dB (50)")
-    e.add_argument("--max-sdr-drop", type=float, default=0.3,
+    e.add_argument("--max-error", type=positive_float, default=1e-4, help="float32: max abs error (1e-4)")
+    e.add_argument("--min-snr", type=finite_float, default=50.0, help="float16: min output SNR in dB (50)")
+    e.add_argument("--max-sdr-drop", type=non_negative_float, default=0.3,
                    help="int8: max drums SDR loss vs Keras in dB (0.3)")
-    e.add_argument("--min-int8-snr", type=float, default=3.0,
+    e.add_argument("--min-int8-snr", type=finite_float, default=3.0,
                    help="int8: min output SNR vs Keras in dB (3)")
     e.add_argument("--allow-degraded", action="store_true",
                    help="write formats that fail their check too (the report marks them)")
-    e.add_argument("--check-seconds", type=float, default=30.0,
+    e.add_argument("--check-seconds", type=positive_float, default=30.0,
                    help="seconds of validation audio to check on (30)")
-    e.add_argument("--calibration-gain", type=float, default=1.0,
+    e.add_argument("--calibration-gain", type=positive_float, default=1.0,
                    help="scale the int8 calibration audio (for testing the checks; keep 1)")
     e.set_defaults(func=cmd_export)
 
@@ -284,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
     s.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     s.add_argument("--provider", "-d", default="auto", help="auto (default), cpu or cuda")
-    s.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    s.add_argument("--threads", type=positive_int, default=2, help="intra-op threads (default 2)")
     s.set_defaults(func=cmd_separate)
 
     v = sub.add_parser("live", help="separate live: input device to output device")
@@ -292,19 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
     v.add_argument("-i", "--input", help="input device (number or name)")
     v.add_argument("-o", "--output", help="output device (number or name)")
-    v.add_argument("--channels", "-c", type=int, default=2, help="channels (default 2)")
-    v.add_argument("--blocksize", "-b", type=int, default=64, help="samples per callback (default 64)")
+    v.add_argument("--channels", "-c", type=positive_int, default=2, help="channels (default 2)")
+    v.add_argument("--blocksize", "-b", type=positive_int, default=64, help="samples per callback (default 64)")
     v.add_argument("--mix", default="drums", help="drums (default), no-drums or blend")
-    v.add_argument("--seconds", "-s", type=float, help="stop after S seconds (default: Ctrl-C)")
+    v.add_argument("--seconds", "-s", type=positive_float, help="stop after S seconds (default: Ctrl-C)")
     v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
     v.add_argument("--json", help="also write the summary as JSON here")
     v.set_defaults(func=cmd_live)
 
     b = sub.add_parser("bench", help="latency per frame of every model and backend")
     b.add_argument("--model", "-n", action="append", help="model file (repeat; default: every shipped format)")
-    b.add_argument("--frames", type=int, default=10000, help="timed frames per configuration (10000)")
-    b.add_argument("--batch", type=int, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
-    b.add_argument("--threads", type=int, default=1, help="intra-op threads (1)")
+    b.add_argument("--frames", type=positive_int, default=10000, help="timed frames per configuration (10000)")
+    b.add_argument("--batch", type=positive_int, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
+    b.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (1)")
     b.add_argument("--keras", metavar="RUN_DIR", help="also time the Keras model of this run")
     b.add_argument("--json", help="write results here")
     b.add_argument("--plot", help="write a latency CDF (PNG) here")
@@ -314,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
     q.add_argument("--model", "-n", action="append", help="model file (repeat; default: the shipped fp32)")
     q.add_argument("--target", default="drums")
-    q.add_argument("--tracks", type=int, help="score only the first N tracks")
-    q.add_argument("--seconds", type=float, help="score only the first S seconds of each track")
+    q.add_argument("--tracks", type=positive_int, help="score only the first N tracks")
+    q.add_argument("--seconds", type=positive_float, help="score only the first S seconds of each track")
     q.add_argument("--json", help="write results here")
     q.add_argument("--plot", help="write SDR per track (PNG) here")
     q.set_defaults(func=cmd_evaluate)
@@ -323,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="render an unseen song, separate it live-style, score and time it")
     m.add_argument("--model", "-n", help="model file (default: the shipped model)")
     m.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
-    m.add_argument("--seconds", type=float, default=20.0, help="song length (default 20)")
+    m.add_argument("--seconds", type=positive_float, default=20.0, help="song length (default 20)")
     m.set_defaults(func=cmd_demo)
     return p
 
