@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from unetsep.runtime.errors import UserError
 
@@ -133,35 +134,81 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"{out / 'report.md'}", file=sys.stderr)
 
 
-def cmd_separate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def track_names(files: list[str]) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(file, output folder name) per input, and notes for the user.
 
+    A track's folder is the file's stem (demucs's layout). Inputs that share a stem (a.flac, a.mp3)
+    keep their whole file name instead, so none overwrites another; the same file given twice is
+    separated once. Two different files with the same name (x/a.wav, y/a.wav) are refused before
+    anything is written."""
+    from collections import defaultdict
+
+    seen: dict[Path, str] = {}
+    inputs: list[Path] = []
+    notes: list[str] = []
+    for f in files:
+        path = Path(f)
+        key = path.resolve()
+        if key in seen:
+            notes.append(f"{f} is given more than once; separating it once")
+            continue
+        seen[key] = f
+        inputs.append(path)
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for path in inputs:
+        by_stem[path.stem].append(path)
+    out = []
+    for path in inputs:
+        group = by_stem[path.stem]
+        if len(group) == 1:
+            out.append((path, path.stem))
+            continue
+        same_name = [q for q in group if q.name == path.name]
+        if len(same_name) > 1:
+            raise UserError(f"{' and '.join(map(str, same_name))} would both be written to "
+                            f"<model>/{path.stem}/; separate them in two runs with different -o folders")
+        out.append((path, path.name))
+        if path is group[0]:
+            notes.append(f"{', '.join(map(str, group))} share the name {path.stem!r}: writing each to "
+                         f"its own folder ({', '.join(q.name + '/' for q in group)})")
+    return out, notes
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    import soundfile as sf
     from tqdm import tqdm
 
     from unetsep.runtime.backends import open_model
     from unetsep.runtime.separate import separate_file
 
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    inputs, notes = track_names(args.files)
     model = open_model(args.model, args.provider, threads=args.threads, say=say)
-    failed = 0
-    for f in args.files:
-        path = Path(f)
+    for note in notes:
+        say(f"unetsep separate: {note}")
+    failed: list[str] = []
+    for path, name in inputs:
         try:
-            import soundfile as sf
-
             total = sf.info(str(path)).frames if path.is_file() else 0
-        except Exception:
+        except Exception:  # only the progress bar's length; separate_file reports the real problem
             total = 0
         with tqdm(total=total, unit="sample", unit_scale=True, desc=path.name, leave=False,
                   disable=None) as bar:
             try:
-                track = separate_file(path, model, Path(args.out), progress=bar.update)
+                track = separate_file(path, model, Path(args.out), progress=bar.update, name=name,
+                                      say=say)
             except UserError as e:
+                # One file's problem ends that file only: report it, go on with the others.
                 print(f"unetsep separate: error: {e}", file=sys.stderr)
-                failed += 1
+                failed.append(str(path))
                 continue
         print(f"{path} -> {track}/")
-    return 2 if failed else 0
+    if failed:
+        done = len(inputs) - len(failed)
+        say(f"unetsep separate: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); "
+            f"{done} separated")
+        return 2
+    return 0
 
 
 def cmd_live(args: argparse.Namespace) -> int:
