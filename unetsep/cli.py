@@ -219,6 +219,10 @@ def cmd_live(args: argparse.Namespace) -> int:
         return 0
     from unetsep.runtime.backends import open_model
 
+    if args.json:
+        from unetsep.runtime.files import check_writable
+
+        check_writable(args.json, "--json")
     model = open_model(args.model, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
     r = live.run_live(model, channels=args.channels, blocksize=args.blocksize, mix=args.mix,
                       device_in=args.input, device_out=args.output, seconds=args.seconds)
@@ -257,6 +261,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unetsep.runtime.backends import cuda_available, load_model
     from unetsep.runtime.separate import model_name
 
+    from unetsep.runtime.files import check_writable
+
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value:  # before minutes of timing, not after
+            check_writable(value, flag)
     models = [load_model(p, "cpu", threads=args.threads) for p in _model_paths(args.model)]
     if cuda_available():
         models += [load_model(p, "cuda") for p in _model_paths(args.model) if p.suffix == ".onnx"]
@@ -315,9 +324,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from unetsep.benchmarks.quality import evaluate
-    from unetsep.runtime.backends import load_model
+    from unetsep.runtime.backends import default_model_path, load_model
+    from unetsep.runtime.files import check_writable
 
-    models = [load_model(p, "cpu", threads=2) for p in _model_paths(args.model)]
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value:
+            check_writable(value, flag)
+    # The shipped fp32 model unless --model says otherwise (the help's promise): scoring every
+    # shipped format by default put the int8 model's figures in the JSON's model/median_sdr.
+    paths = [Path(p) for p in args.model] if args.model else [default_model_path()]
+    models = [load_model(p, "cpu", threads=2) for p in paths]
     bar = tqdm(desc="evaluating", unit="track", disable=None)
     res = evaluate(args.data, models, target=args.target, max_tracks=args.tracks, seconds=args.seconds,
                    progress=lambda name, s: bar.update())
@@ -440,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("evaluate", help="museval SDR of models, the mixture and oracle masks")
     q.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
-    q.add_argument("--model", "-n", action="append", help="model file (repeat; default: the shipped fp32)")
+    q.add_argument("--model", "-n", action="append",
+                   help="model file (repeat to compare; default: the shipped fp32 drums.onnx)")
     q.add_argument("--target", default="drums")
     q.add_argument("--tracks", type=positive_int, help="score only the first N tracks")
     q.add_argument("--seconds", type=positive_float, help="score only the first S seconds of each track")
