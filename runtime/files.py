@@ -123,7 +123,10 @@ def recover_pairs(folder: Path, names: tuple[str, ...]) -> list[str]:
                     old.unlink()
             else:
                 for n, old in olds.items():
-                    os.replace(old, finals[n])
+                    if replaced[n]:
+                        os.replace(old, finals[n])
+                    else:  # still the same file: rename() between two links of one file is a no-op
+                        old.unlink()
                 notes.append(f"restored the previous {' and '.join(sorted(olds))} in {folder} "
                              f"(an earlier run, pid {pid}, was killed while replacing them)")
         tmps = kinds.get("tmp", {})

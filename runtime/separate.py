@@ -15,6 +15,8 @@ import numpy as np
 from .errors import UserError
 from .files import pair_temp, recover_pairs, replace_pair
 
+MIN_RATE, MAX_RATE = 4000, 768000  # Hz: the range of real recordings
+MAX_CHANNELS = 64
 BLOCK_FRAMES = 2048  # frames per channel per read: 131072 samples, 3 s at 44.1 kHz
 
 
@@ -178,6 +180,14 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
         if src.frames == 0:
             raise UserError(f"{path} is empty (0 samples)")
         rate, channels, total = src.samplerate, src.channels, src.frames
+        # A damaged header can claim 4 Hz (hours of resampled audio from a 0.2 s file) or
+        # thousands of channels: refuse what no real recording is, instead of grinding on it.
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise UserError(f"{path} claims a sample rate of {rate} Hz (outside {MIN_RATE}-{MAX_RATE}): "
+                            f"its header is damaged; repair or re-export the file")
+        if channels > MAX_CHANNELS:
+            raise UserError(f"{path} claims {channels} channels (more than {MAX_CHANNELS}): its header is "
+                            f"damaged, or split it into fewer channels first")
         short = _cut_short(src)
         if short:
             say(f"unetsep separate: warning: {path}'s header announces {short[0]} bytes of audio but "

@@ -205,8 +205,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
         print(f"{path} -> {track}/")
     if failed:
         done = len(inputs) - len(failed)
-        say(f"unetsep separate: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); "
-            f"{done} separated")
+        if len(inputs) > 1:  # a batch ends with which inputs failed; one input's error says it all
+            say(f"unetsep separate: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); "
+                f"{done} separated")
         return 2
     return 0
 
