@@ -2,8 +2,8 @@
 
 Files stream from disk in blocks (memory stays flat for hour-long files), are resampled to the
 model's rate with soxr when needed, framed, and run through the model in large batches (file mode
-is throughput-bound). Outputs go to temporary files renamed into place only when the whole track
-succeeded.
+is throughput-bound). Both stems go to temporary files, renamed into place together only when the
+whole track succeeded (runtime/files.replace_pair); a later run cleans what a killed one left.
 """
 from __future__ import annotations
 
