@@ -74,9 +74,16 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
     from ..train.render import heldout_tracks
     from pathlib import Path
 
+    from ..runtime.errors import UserError
+
     rate = models[0].info.sample_rate
     db = open_db(data, subset, None, target, rate)
     tracks = db.tracks[:max_tracks] if max_tracks else db.tracks
+    if not tracks:
+        raise UserError(f"--data {data} has no {subset} tracks ({subset}/ is empty or missing); "
+                        f"evaluate scores the {subset} split: add tracks there")
+    if seconds is not None and seconds < 1.0:
+        raise UserError(f"--seconds {seconds:g} is shorter than museval's 1 s window; pass 1 or more")
     heldout = heldout_tracks(data)
     gain = np.float32(10 ** (gain_db / 20))
     rows = []
@@ -85,6 +92,9 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
         stems = {k: v.audio.astype(np.float32) * gain for k, v in t.sources.items()}
         n = len(mix) if seconds is None else min(len(mix), int(seconds * rate))
         n = n // models[0].info.frame * models[0].info.frame  # museval runs ~1x real time
+        if n < rate:  # museval scores whole 1 s windows
+            raise UserError(f"track {t.name!r} is shorter than museval's 1 s window; remove it from "
+                            f"{data}/{subset}/ or pass --tracks")
         mix, stems = mix[:n], {k: v[:n] for k, v in stems.items()}
         ests = {model_name(Path(m.path), target): estimate(m, mix) for m in models}
         scores = score_track(mix, stems, target, ests, rate, oracles=oracles)

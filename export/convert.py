@@ -26,14 +26,29 @@ def load_run(run_dir: str | Path):
     from ..train.model import build_unet, load_run_config
 
     run = Path(run_dir)
-    cfg = load_run_config(run)
+    try:
+        cfg = load_run_config(run)
+    except (ValueError, TypeError, KeyError) as e:  # json errors are ValueErrors
+        raise UserError(f"{run / 'config.json'} is damaged ({str(e).splitlines()[0][:120]}); "
+                        f"retrain into a new --out folder") from None
     path = run / "model.keras"
     if not path.is_file():
         raise UserError(f"{run} has no model.keras: the run is not finished; rerun its 'unetsep train' "
                         f"command to complete it")
-    trained = keras.models.load_model(path, compile=False)
-    model = build_unet(cfg, stock_layers=True)
-    model.set_weights(trained.get_weights())
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # Keras would call this "File not found"
+        raise UserError(f"{path} is damaged (not a .keras zip archive, e.g. cut short by a full disk); "
+                        f"rerun 'unetsep train' into a new --out folder")
+    try:
+        trained = keras.models.load_model(path, compile=False)
+        model = build_unet(cfg, stock_layers=True)
+        model.set_weights(trained.get_weights())
+    except Exception as e:  # Keras reports a damaged zip as "File not found" and others variously
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(f"{path} exists but cannot be loaded ({type(e).__name__}: {cause}); it is "
+                        f"damaged or not from this run: rerun 'unetsep train' into a new --out "
+                        f"folder") from None
     return model, cfg
 
 

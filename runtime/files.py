@@ -3,6 +3,8 @@ the new one, never half of one; a failed write leaves no temporary behind."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -28,3 +30,124 @@ def write_text_atomic(path: Path, text: str) -> None:
         write_atomic(path, lambda p: p.write_text(text))
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}; choose another path") from None
+
+
+# Temporaries of a pair written by process <pid>: `.NAME.<pid>.tmp` (the new file being written)
+# and `.NAME.<pid>.old` (a hard link to the previous NAME, kept while the pair is swapped in).
+_PAIR_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>tmp|old)$")
+
+
+def pair_temp(final: Path, kind: str = "tmp") -> Path:
+    """The temporary of this process beside `final` (kind 'tmp' or 'old')."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{kind}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def replace_pair(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each finished temporary over its final name, as a pair: a folder never keeps a new
+    file beside an old partner. The previous files are hard-linked aside first, so a failed rename
+    puts them all back (or removes the new ones where there were none). A kill -9 between the
+    renames is undone by `recover_pairs` on the next run."""
+    olds: dict[Path, Path] = {}
+    done: list[Path] = []
+    try:
+        for _, final in pairs:
+            if final.exists():
+                old = pair_temp(final, "old")
+                old.unlink(missing_ok=True)
+                try:
+                    os.link(final, old)
+                except OSError:  # a filesystem without hard links: a copy does the same job
+                    shutil.copy2(final, old)
+                olds[final] = old
+        for tmp, final in pairs:
+            os.replace(tmp, final)
+            done.append(final)
+    except BaseException:
+        for _, final in pairs:  # best effort: the error that got us here is the one to report
+            try:
+                if final in olds:
+                    if final in done:
+                        os.replace(olds[final], final)
+                elif final in done:
+                    final.unlink()
+            except OSError:
+                pass
+        raise
+    finally:
+        for old in olds.values():
+            try:
+                old.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def recover_pairs(folder: Path, names: tuple[str, ...]) -> list[str]:
+    """Clean what killed writers of the pair `names` left in `folder`; returns one note per action.
+
+    A dead writer's `.tmp` files are unfinished: removed. Its `.old` links hold the previous pair:
+    if it died between its renames (one name replaced, the other not, or a name missing), they are
+    renamed back so the folder holds the previous complete pair; otherwise they are removed.
+    """
+    found: dict[int, dict[str, dict[str, Path]]] = {}
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = _PAIR_TEMP.match(p.name)
+        if m and m["name"] in names and not _alive(int(m["pid"])):
+            found.setdefault(int(m["pid"]), {}).setdefault(m["kind"], {})[m["name"]] = p
+    notes = []
+    for pid, kinds in sorted(found.items()):
+        olds = kinds.get("old", {})
+        finals = {n: folder / n for n in names}
+        if olds:
+            replaced = {n: not (finals[n].exists() and os.path.samefile(finals[n], olds[n]))
+                        for n in olds}
+            consistent = all(f.exists() for f in finals.values()) and (
+                len(olds) < len(names) or len(set(replaced.values())) == 1)
+            if consistent:
+                for old in olds.values():
+                    old.unlink()
+            else:
+                for n, old in olds.items():
+                    if replaced[n]:
+                        os.replace(old, finals[n])
+                    else:  # still the same file: rename() between two links of one file is a no-op
+                        old.unlink()
+                notes.append(f"restored the previous {' and '.join(sorted(olds))} in {folder} "
+                             f"(an earlier run, pid {pid}, was killed while replacing them)")
+        tmps = kinds.get("tmp", {})
+        for t in tmps.values():
+            t.unlink()
+        if tmps:
+            notes.append(f"removed {len(tmps)} unfinished temporary file{'s' * (len(tmps) > 1)} "
+                         f"left in {folder} by an interrupted run (pid {pid})")
+    return notes
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Fail before any work when the output `path` of `flag` cannot be written: its folder is a
+    file, is read-only, or the path is a folder. (The write itself stays atomic.)"""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; pass a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {parent} is not writable; choose another path")

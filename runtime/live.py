@@ -38,10 +38,34 @@ class LiveReport:
     cpu_load: float  # mean callback time / block period
 
 
+NO_DEVICE_HINT = ("connect a sound card, or start a JACK server (e.g. 'jackd -d dummy -r 44100 -p 64' "
+                  "for a virtual one) and run again")
+
+
 def list_devices() -> str:
+    """PortAudio's device table; a UserError when there is none (an empty table says nothing)."""
     import sounddevice as sd
 
-    return str(sd.query_devices())
+    devices = sd.query_devices()
+    if len(devices) == 0:
+        raise UserError(f"no audio input or output device found; {NO_DEVICE_HINT}")
+    return str(devices)
+
+
+def _missing_device(sd, device_in: str | None, device_out: str | None) -> str | None:
+    """Why a stream cannot open when it is for want of a device (PortAudio says only
+    "Error querying device -1"), else None."""
+    if len(sd.query_devices()) == 0:
+        return f"no audio input or output device found; {NO_DEVICE_HINT}"
+    default_in, default_out = sd.default.device
+    missing = [kind for kind, given, default in (("input", device_in, default_in),
+                                                  ("output", device_out, default_out))
+               if given is None and (default is None or default < 0)]
+    if missing:
+        return (f"no default {' or '.join(missing)} device; pick one with "
+                f"{' and '.join({'input': '-i', 'output': '-o'}[k] for k in missing)} (see "
+                f"'unetsep live -l'), or {NO_DEVICE_HINT}")
+    return None
 
 
 def _device(value: str | None):
@@ -106,6 +130,9 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str = "drums",
                            device=(_device(device_in), _device(device_out)), callback=live.callback,
                            latency="low")
     except (sd.PortAudioError, ValueError) as e:
+        reason = _missing_device(sd, device_in, device_out)
+        if reason:
+            raise UserError(reason) from None
         raise UserError(f"cannot open the audio device ({e}); list devices with 'unetsep live -l' "
                         f"and pick them with -i/-o") from None
     started = time.perf_counter()

@@ -2,8 +2,8 @@
 
 Files stream from disk in blocks (memory stays flat for hour-long files), are resampled to the
 model's rate with soxr when needed, framed, and run through the model in large batches (file mode
-is throughput-bound). Outputs go to temporary files renamed into place only when the whole track
-succeeded.
+is throughput-bound). Both stems go to temporary files, renamed into place together only when the
+whole track succeeded (runtime/files.replace_pair); a later run cleans what a killed one left.
 """
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .files import pair_temp, recover_pairs, replace_pair
 
+MIN_RATE, MAX_RATE = 4000, 768000  # Hz: the range of real recordings
+MAX_CHANNELS = 64
 BLOCK_FRAMES = 2048  # frames per channel per read: 131072 samples, 3 s at 44.1 kHz
 
 
@@ -120,53 +123,182 @@ class _Resampler:
         return self.stream.resample_chunk(np.ascontiguousarray(x, np.float32), last=last)
 
 
-def separate_file(path: Path, model, out_root: Path, progress=None) -> Path:
-    """Separate one file with a loaded model; returns the track's output folder."""
+class _Source:
+    """The input file as `_stream` reads it, counting what it reads: a decode error becomes a
+    one-line UserError naming the file, and the count tells a silent or cut-short file."""
+
+    def __init__(self, sf_file, path: Path):
+        self.file, self.path = sf_file, path
+        self.read_frames, self.peak = 0, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def read(self, *args, **kw) -> np.ndarray:
+        import soundfile as sf
+
+        try:
+            x = self.file.read(*args, **kw)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+            raise UserError(f"cannot decode {self.path} after {self.read_frames} samples "
+                            f"({_cause(e)}): the file is damaged or cut short; repair or re-export it") from None
+        self.read_frames += len(x)
+        if len(x) and np.isfinite(x).all():  # _stream itself rejects NaN and infinities
+            self.peak = max(self.peak, float(np.abs(x).max()))
+        return x
+
+
+class _Sink:
+    """One output file; a failed write (a full disk, a vanished folder) becomes a UserError."""
+
+    def __init__(self, sf_file, final: Path):
+        self.file, self.final = sf_file, final
+
+    def write(self, x: np.ndarray) -> None:
+        import soundfile as sf
+
+        try:
+            self.file.write(x)
+        except (sf.LibsndfileError, RuntimeError, OSError, AssertionError) as e:
+            # soundfile reports a short write as a bare error (or an assert): ask the disk.
+            raise UserError(f"cannot write {self.final} ({_write_cause(e, self.final.parent)}); "
+                            f"free some space or pass another -o folder") from None
+
+    def close(self) -> None:
+        import soundfile as sf
+
+        try:
+            self.file.close()
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise UserError(f"cannot write {self.final} ({_write_cause(e, self.final.parent)}); "
+                            f"free some space or pass another -o folder") from None
+
+
+def _cause(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or getattr(e, "error_string", None) or str(e) or type(e).__name__
+    return str(text).strip().splitlines()[0][:160] if str(text).strip() else type(e).__name__
+
+
+def _write_cause(e: BaseException, folder: Path) -> str:
+    import shutil
+
+    try:
+        if shutil.disk_usage(folder).free < (1 << 20):
+            return "no space left on device"
+    except OSError:
+        pass
+    return _cause(e)
+
+
+def _cut_short(src) -> tuple[int, int] | None:
+    """(announced, present) bytes of audio when the file's header promises more than it holds.
+
+    libsndfile quietly reads what is there; its log (`extra_info`) notes the mismatch as
+    "data : 1058400 (should be 529178)" for WAV/AIFF-style chunks."""
+    import re
+
+    m = re.search(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", src.extra_info or "", re.M)
+    if m and int(m[2]) < int(m[1]):
+        return int(m[1]), int(m[2])
+    return None
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; returns the folders this call created, deepest first, so that a failure
+    removes only those (never an empty folder the user made beforehand)."""
+    created, p = [], folder
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def track_folder(out_root: Path, model, name: str) -> Path:
+    return out_root / model_name(Path(model.path), model.info.target) / name
+
+
+def separate_file(path: Path, model, out_root: Path, progress=None, name: str | None = None,
+                  say=None) -> Path:
+    """Separate one file with a loaded model into `<out_root>/<model name>/<name or stem>/`;
+    returns that folder. Problems with the file raise UserError (one line, the file named);
+    `say` gets warnings (a silent or cut-short input, temporaries of a killed run cleaned)."""
     import soundfile as sf
 
+    say = say or (lambda m: None)
     info = model.info
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an audio file; pass the files in it (e.g. {path}/*.wav)")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
         src = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise UserError(f"{path} is not an audio file libsndfile can read ({e}); convert it to wav "
-                        f"or flac") from None
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not an audio file libsndfile can read ({_cause(e)}); convert it "
+                        f"to wav or flac") from None
     with src:
         if src.frames == 0:
             raise UserError(f"{path} is empty (0 samples)")
         rate, channels, total = src.samplerate, src.channels, src.frames
-        track = out_root / model_name(Path(model.path), info.target) / path.stem
+        # A damaged header can claim 4 Hz (hours of resampled audio from a 0.2 s file) or
+        # thousands of channels: refuse what no real recording is, instead of grinding on it.
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise UserError(f"{path} claims a sample rate of {rate} Hz (outside {MIN_RATE}-{MAX_RATE}): "
+                            f"its header is damaged; repair or re-export the file")
+        if channels > MAX_CHANNELS:
+            raise UserError(f"{path} claims {channels} channels (more than {MAX_CHANNELS}): its header is "
+                            f"damaged, or split it into fewer channels first")
+        short = _cut_short(src)
+        if short:
+            say(f"unetsep separate: warning: {path}'s header announces {short[0]} bytes of audio but "
+                f"the file holds {short[1]} (cut short?); separating the {total} samples present")
+        track = track_folder(out_root, model, name or path.stem)
         try:
-            track.mkdir(parents=True, exist_ok=True)
+            created = _make_dirs(track)
         except OSError as e:
             raise UserError(f"cannot create {track}: {e.strerror}; pass another -o folder") from None
         names = (f"{info.target}.wav", f"no_{info.target}.wav")
-        tmps = [track / f".{n}.{os.getpid()}.tmp" for n in names]
-        writers = []
+        for note in recover_pairs(track, names):
+            say(f"unetsep separate: {note}")
+        finals = [track / n for n in names]
+        tmps = [pair_temp(f) for f in finals]
+        writers: list[_Sink] = []
+        source = _Source(src, path)
         try:
             try:
-                for t in tmps:
-                    writers.append(sf.SoundFile(str(t), "w", samplerate=rate, channels=channels,
-                                                subtype="FLOAT", format="WAV"))
+                for t, f in zip(tmps, finals):
+                    writers.append(_Sink(sf.SoundFile(str(t), "w", samplerate=rate, channels=channels,
+                                                      subtype="FLOAT", format="WAV"), f))
             except (sf.LibsndfileError, RuntimeError, OSError) as e:
-                raise UserError(f"cannot write to {track} ({e}); pass another -o folder") from None
-            _stream(src, model, writers, rate, channels, total, progress)
-        except BaseException:
+                raise UserError(f"cannot write to {track} ({_write_cause(e, track)}); pass another "
+                                f"-o folder") from None
+            _stream(source, model, writers, rate, channels, total, progress)
             for w in writers:
                 w.close()
+            try:
+                replace_pair(list(zip(tmps, finals)))
+            except OSError as e:
+                raise UserError(f"cannot put the results in {track} ({e.strerror}); the previous "
+                                f"files there are unchanged") from None
+        except BaseException:
+            for w in writers:
+                try:
+                    w.file.close()
+                except Exception:  # a full disk can fail the close too; the temporary goes anyway
+                    pass
             for t in tmps:
                 t.unlink(missing_ok=True)
-            for d in (track, track.parent):  # leave no empty folder that looks like a result
+            for d in created:  # only folders this call made: leave no empty folder behind
                 try:
                     d.rmdir()
                 except OSError:
                     break
             raise
-        for w in writers:
-            w.close()
-        for t, n in zip(tmps, names):
-            os.replace(t, track / n)
+    if source.read_frames < total:
+        say(f"unetsep separate: warning: {path} holds {source.read_frames} of the {total} samples its "
+            f"header announces (cut short?); the stems are padded with silence to {total}")
+    if source.peak == 0.0:
+        say(f"unetsep separate: warning: {path} is silent (all samples are zero); wrote silent stems")
     return track
 
 
@@ -178,7 +310,7 @@ def _stream(src, model, writers, rate, channels, total, progress) -> None:
     block = BLOCK_FRAMES * frame
     run = Aligned(model, channels, block)
     pending = np.zeros((0, channels), np.float32)  # model-rate samples not yet a whole frame
-    written, peak = 0, 0.0
+    written = 0
     read = 0
     while True:
         x = src.read(block, dtype="float32", always_2d=True)
@@ -186,7 +318,6 @@ def _stream(src, model, writers, rate, channels, total, progress) -> None:
         last = read >= total or len(x) == 0
         if len(x) and not np.isfinite(x).all():
             raise UserError(f"{src.name} contains NaN or infinite samples; repair or re-export the file")
-        peak = max(peak, float(np.abs(x).max()) if len(x) else 0.0)
         pending = np.concatenate([pending, to_model(x, last=last)])
         usable = len(pending) // frame * frame
         if last and usable < len(pending):  # pad the final partial frame with silence
@@ -206,8 +337,6 @@ def _stream(src, model, writers, rate, channels, total, progress) -> None:
             progress(len(x))
         if last:
             break
-    if peak == 0.0:
-        raise UserError(f"{src.name} is silent (all samples are zero): nothing to separate")
     if written < total:  # the resampler's tail can fall a few samples short: pad with silence
         pad = np.zeros((total - written, channels), np.float32)
         writers[0].write(pad)

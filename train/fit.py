@@ -179,6 +179,11 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
 
     run = Path(out)
     cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size)
+    # The CLI rejects these at parse time; callers of this function get the same guard, since
+    # Keras hangs on a negative steps_per_epoch and 0 epochs would save an untrained model.
+    for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--steps", steps)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value} must be at least 1")
     train_db = open_db(data, "train", "train", cfg.target, cfg.sample_rate)
     valid_db = open_db(data, "train", "valid", cfg.target, cfg.sample_rate)
     if not train_db.tracks:

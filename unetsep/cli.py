@@ -9,12 +9,93 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from unetsep.runtime.errors import UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line naming the problem and where to look,
+    exit status 2, before any command runs (so bad flags never load TensorFlow or write a file)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _number(kind: type, minimum: float, strict: bool):
+    """An argparse `type=` converter: `kind` (int or float), finite, above (strict) or at least
+    `minimum`. Rejecting 0 and negatives here is what keeps `--steps -3` from hanging Keras and
+    `--batch-size 0` from reaching a run's config.json."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < minimum or (strict and value == minimum):
+            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the converter in some messages
+    return convert
+
+
+positive_int = _number(int, 1, strict=False)
+non_negative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0.0, strict=True)
+non_negative_float = _number(float, 0.0, strict=False)
+finite_float = _number(float, float("-inf"), strict=False)
+
+
 def _quiet_tensorflow() -> None:
+    """Import TensorFlow (and Keras) with its C++ start-up lines kept off the terminal.
+
+    TF_CPP_MIN_LOG_LEVEL only filters what is logged after absl's logger is set up; on import
+    TensorFlow writes "All log messages before absl::InitializeLog() ..." and "oneDNN custom
+    operations are on ..." straight to file descriptor 2. So fd 2 points at a temporary file for
+    the import, and what was written there is shown only if the import fails. (TF_ENABLE_ONEDNN_OPTS
+    is left alone: setting it to 0 would silence the line but change numerics and speed.)
+    """
+    import tempfile
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            import keras  # noqa: F401  (imports tensorflow, its backend)
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _check_training_data(data: str, target: str) -> None:
+    """The data checks `train` makes, run before TensorFlow is imported: a wrong folder, target or
+    sample rate then fails in a fraction of a second with one clean line."""
+    from unetsep.runtime.contract import SAMPLE_RATE
+    from unetsep.train.dataset import open_db
+
+    for split, what in (("train", "training"), ("valid", "validation")):
+        db = open_db(data, "train", split, target, SAMPLE_RATE)
+        if not db.tracks:
+            hint = ("train/ is empty or all validation" if split == "train" else
+                    "add a setup.yaml naming them (as 'unetsep data' writes) or use MUSDB18's own "
+                    "track names")
+            raise UserError(f"--data {data} has no {what} tracks: {hint}")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -32,6 +113,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _check_training_data(args.data, args.target)
     _quiet_tensorflow()
     from unetsep.train import fit
 
@@ -60,35 +142,82 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"{out / 'report.md'}", file=sys.stderr)
 
 
-def cmd_separate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def track_names(files: list[str]) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(file, output folder name) per input, and notes for the user.
 
+    A track's folder is the file's stem (demucs's layout). Inputs that share a stem (a.flac, a.mp3)
+    keep their whole file name instead, so none overwrites another; the same file given twice is
+    separated once. Two different files with the same name (x/a.wav, y/a.wav) are refused before
+    anything is written."""
+    from collections import defaultdict
+
+    seen: dict[Path, str] = {}
+    inputs: list[Path] = []
+    notes: list[str] = []
+    for f in files:
+        path = Path(f)
+        key = path.resolve()
+        if key in seen:
+            notes.append(f"{f} is given more than once; separating it once")
+            continue
+        seen[key] = f
+        inputs.append(path)
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for path in inputs:
+        by_stem[path.stem].append(path)
+    out = []
+    for path in inputs:
+        group = by_stem[path.stem]
+        if len(group) == 1:
+            out.append((path, path.stem))
+            continue
+        same_name = [q for q in group if q.name == path.name]
+        if len(same_name) > 1:
+            raise UserError(f"{' and '.join(map(str, same_name))} would both be written to "
+                            f"<model>/{path.stem}/; separate them in two runs with different -o folders")
+        out.append((path, path.name))
+        if path is group[0]:
+            notes.append(f"{', '.join(map(str, group))} share the name {path.stem!r}: writing each to "
+                         f"its own folder ({', '.join(q.name + '/' for q in group)})")
+    return out, notes
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    import soundfile as sf
     from tqdm import tqdm
 
     from unetsep.runtime.backends import open_model
     from unetsep.runtime.separate import separate_file
 
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    inputs, notes = track_names(args.files)
     model = open_model(args.model, args.provider, threads=args.threads, say=say)
-    failed = 0
-    for f in args.files:
-        path = Path(f)
+    for note in notes:
+        say(f"unetsep separate: {note}")
+    failed: list[str] = []
+    for path, name in inputs:
         try:
-            import soundfile as sf
-
             total = sf.info(str(path)).frames if path.is_file() else 0
-        except Exception:
+        except Exception:  # only the progress bar's length; separate_file reports the real problem
             total = 0
         with tqdm(total=total, unit="sample", unit_scale=True, desc=path.name, leave=False,
                   disable=None) as bar:
             try:
-                track = separate_file(path, model, Path(args.out), progress=bar.update)
+                track = separate_file(path, model, Path(args.out), progress=bar.update, name=name,
+                                      say=say)
             except UserError as e:
+                # One file's problem ends that file only: report it, go on with the others.
                 print(f"unetsep separate: error: {e}", file=sys.stderr)
-                failed += 1
+                failed.append(str(path))
                 continue
         print(f"{path} -> {track}/")
-    return 2 if failed else 0
+    if failed:
+        done = len(inputs) - len(failed)
+        if len(inputs) > 1:  # a batch ends with which inputs failed; one input's error says it all
+            say(f"unetsep separate: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); "
+                f"{done} separated")
+        return 2
+    return 0
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -99,6 +228,10 @@ def cmd_live(args: argparse.Namespace) -> int:
         return 0
     from unetsep.runtime.backends import open_model
 
+    if args.json:
+        from unetsep.runtime.files import check_writable
+
+        check_writable(args.json, "--json")
     model = open_model(args.model, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
     r = live.run_live(model, channels=args.channels, blocksize=args.blocksize, mix=args.mix,
                       device_in=args.input, device_out=args.output, seconds=args.seconds)
@@ -138,6 +271,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unetsep.runtime.separate import model_name
     from unetsep.runtime.stream import frame_call
 
+    from unetsep.runtime.files import check_writable
+
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value:  # before minutes of timing, not after
+            check_writable(value, flag)
     models = [load_model(p, "cpu", threads=args.threads) for p in _model_paths(args.model)]
     if cuda_available():
         models += [load_model(p, "cuda") for p in _model_paths(args.model) if p.suffix == ".onnx"]
@@ -197,9 +335,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from unetsep.benchmarks.quality import evaluate
-    from unetsep.runtime.backends import load_model
+    from unetsep.runtime.backends import default_model_path, load_model
+    from unetsep.runtime.files import check_writable
 
-    models = [load_model(p, "cpu", threads=2) for p in _model_paths(args.model)]
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value:
+            check_writable(value, flag)
+    # The shipped fp32 model unless --model says otherwise (the help's promise): scoring every
+    # shipped format by default put the int8 model's figures in the JSON's model/median_sdr.
+    paths = [Path(p) for p in args.model] if args.model else [default_model_path()]
+    models = [load_model(p, "cpu", threads=2) for p in paths]
     bar = tqdm(desc="evaluating", unit="track", disable=None)
     res = evaluate(args.data, models, target=args.target, max_tracks=args.tracks, seconds=args.seconds,
                    progress=lambda name, s: bar.update())
@@ -242,14 +387,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unetsep", description=__doc__.splitlines()[0])
+    p = Parser(prog="unetsep", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("data", help="render the default multitrack dataset (MUSDB18-HQ layout)")
     d.add_argument("--out", required=True, help="dataset folder to create")
-    d.add_argument("--songs", type=int, default=6, help="number of songs (default 6)")
-    d.add_argument("--seconds", type=float, default=20.0, help="length of each song (default 20)")
-    d.add_argument("--seed", type=int, default=0, help="random seed; same seed, same songs")
+    d.add_argument("--songs", type=positive_int, default=6, help="number of songs (default 6)")
+    d.add_argument("--seconds", type=positive_float, default=20.0, help="length of each song (default 20)")
+    d.add_argument("--seed", type=non_negative_int, default=0, help="random seed; same seed, same songs")
     d.add_argument("--soundfont", help="General MIDI .sf2 (default: FluidR3_GM where installed)")
     d.add_argument("--kits", nargs="+", metavar="KIT",
                    help="drum kits to draw from: names or patterns (e.g. 'hydrogen:*', "
@@ -265,16 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="MUSDB18, MUSDB18-HQ or 'unetsep data' folder")
     t.add_argument("--target", default="drums", help="drums (default), bass, other or vocals")
     t.add_argument("--preset", default="seed", help="architecture preset: seed (default, frame by frame), stream (causal, with memory), tiny, tiny-stream")
-    t.add_argument("--epochs", type=int, help="epochs (default: the preset's, 40)")
-    t.add_argument("--batch-size", type=int, help="frames per batch (default 512)")
-    t.add_argument("--steps", type=int, help="steps per epoch (default: one pass over the data)")
+    t.add_argument("--epochs", type=positive_int, help="epochs (default: the preset's, 40)")
+    t.add_argument("--batch-size", type=positive_int, help="frames per batch (default 512)")
+    t.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass over the data)")
     t.add_argument("--out", default="runs/default", help="run directory (default runs/default); "
                    "an interrupted run there resumes")
     t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute strategy: mirrored = all local GPUs, multiworker = TF_CONFIG")
-    t.add_argument("--cpu-devices", type=int, default=0,
+    t.add_argument("--cpu-devices", type=non_negative_int, default=0,
                    help="split the CPU into N logical devices (try --strategy mirrored without GPUs)")
-    t.add_argument("--seed", type=int, default=0, help="random seed for weights and excerpts")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="random seed for weights and excerpts")
     t.add_argument("--no-augment", action="store_true",
                    help="train on excerpts as recorded (default: remix songs, random gains, "
                    "polarity, channel swap and level)")
@@ -286,17 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run directory written by 'unetsep train'")
     e.add_argument("--out", help="model directory (default models/<run name>)")
     e.add_argument("--data", help="dataset for calibration and checks (default: the run's own)")
-    e.add_argument("--max-error", type=float, default=1e-4, help="float32: max abs error (1e-4)")
-    e.add_argument("--min-snr", type=float, default=50.0, help="float16: min output SNR in dB (50)")
-    e.add_argument("--max-sdr-drop", type=float, default=0.3,
+    e.add_argument("--max-error", type=positive_float, default=1e-4, help="float32: max abs error (1e-4)")
+    e.add_argument("--min-snr", type=finite_float, default=50.0, help="float16: min output SNR in dB (50)")
+    e.add_argument("--max-sdr-drop", type=non_negative_float, default=0.3,
                    help="int8: max drums SDR loss vs Keras in dB (0.3)")
-    e.add_argument("--min-int8-snr", type=float, default=3.0,
+    e.add_argument("--min-int8-snr", type=finite_float, default=3.0,
                    help="int8: min output SNR vs Keras in dB (3)")
     e.add_argument("--allow-degraded", action="store_true",
                    help="write formats that fail their check too (the report marks them)")
-    e.add_argument("--check-seconds", type=float, default=30.0,
+    e.add_argument("--check-seconds", type=positive_float, default=30.0,
                    help="seconds of validation audio to check on (30)")
-    e.add_argument("--calibration-gain", type=float, default=1.0,
+    e.add_argument("--calibration-gain", type=positive_float, default=1.0,
                    help="scale the int8 calibration audio (for testing the checks; keep 1)")
     e.set_defaults(func=cmd_export)
 
@@ -305,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
     s.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     s.add_argument("--provider", "-d", default="auto", help="auto (default), cpu or cuda")
-    s.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    s.add_argument("--threads", type=positive_int, default=2, help="intra-op threads (default 2)")
     s.set_defaults(func=cmd_separate)
 
     v = sub.add_parser("live", help="separate live: input device to output device")
@@ -313,19 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
     v.add_argument("-i", "--input", help="input device (number or name)")
     v.add_argument("-o", "--output", help="output device (number or name)")
-    v.add_argument("--channels", "-c", type=int, default=2, help="channels (default 2)")
-    v.add_argument("--blocksize", "-b", type=int, default=64, help="samples per callback (default 64)")
+    v.add_argument("--channels", "-c", type=positive_int, default=2, help="channels (default 2)")
+    v.add_argument("--blocksize", "-b", type=positive_int, default=64, help="samples per callback (default 64)")
     v.add_argument("--mix", default="drums", help="drums (default), no-drums or blend")
-    v.add_argument("--seconds", "-s", type=float, help="stop after S seconds (default: Ctrl-C)")
+    v.add_argument("--seconds", "-s", type=positive_float, help="stop after S seconds (default: Ctrl-C)")
     v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
     v.add_argument("--json", help="also write the summary as JSON here")
     v.set_defaults(func=cmd_live)
 
     b = sub.add_parser("bench", help="latency per frame of every model and backend")
     b.add_argument("--model", "-n", action="append", help="model file (repeat; default: every shipped format)")
-    b.add_argument("--frames", type=int, default=10000, help="timed frames per configuration (10000)")
-    b.add_argument("--batch", type=int, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
-    b.add_argument("--threads", type=int, default=1, help="intra-op threads (1)")
+    b.add_argument("--frames", type=positive_int, default=10000, help="timed frames per configuration (10000)")
+    b.add_argument("--batch", type=positive_int, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
+    b.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (1)")
     b.add_argument("--keras", metavar="RUN_DIR", help="also time the Keras model of this run")
     b.add_argument("--json", help="write results here")
     b.add_argument("--plot", help="write a latency CDF (PNG) here")
@@ -333,10 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("evaluate", help="museval SDR of models, the mixture and oracle masks")
     q.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
-    q.add_argument("--model", "-n", action="append", help="model file (repeat; default: the shipped fp32)")
+    q.add_argument("--model", "-n", action="append",
+                   help="model file (repeat to compare; default: the shipped fp32 drums.onnx)")
     q.add_argument("--target", default="drums")
-    q.add_argument("--tracks", type=int, help="score only the first N tracks")
-    q.add_argument("--seconds", type=float, help="score only the first S seconds of each track")
+    q.add_argument("--tracks", type=positive_int, help="score only the first N tracks")
+    q.add_argument("--seconds", type=positive_float, help="score only the first S seconds of each track")
     q.add_argument("--json", help="write results here")
     q.add_argument("--plot", help="write SDR per track (PNG) here")
     q.set_defaults(func=cmd_evaluate)
@@ -344,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="render an unseen song, separate it live-style, score and time it")
     m.add_argument("--model", "-n", help="model file (default: the shipped model)")
     m.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
-    m.add_argument("--seconds", type=float, default=20.0, help="song length (default 20)")
+    m.add_argument("--seconds", type=positive_float, default=20.0, help="song length (default 20)")
     m.set_defaults(func=cmd_demo)
     return p
 
