@@ -1,10 +1,13 @@
 """Training throughput of the seed U-Net: stock Keras conv layers vs the fast matmul layers.
 
     python -m unetsep.benchmarks.train_speed [--rounds 5] [--steps 8] [--data DIR]
+    python -m unetsep.benchmarks.train_speed --preset stream --data DIR [--rounds 5] [--steps 4]
 
 Both models train on the same in-memory batches, interleaved (stock, fast, stock, fast, ...), and
 the script prints the median frames/s of each and the ratio. With --data, it also times the full
 `unetsep train` input pipeline (disk -> tf.data) feeding the fast model, which is what a run sees.
+For a streaming preset it times the preset's own model on in-memory segments and then fed from
+disk through the augmented segment pipeline; "frames" are 64-sample hops of one channel.
 """
 from __future__ import annotations
 
@@ -23,7 +26,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--stock-steps", type=int, default=2, help="batches per round for the slow stock model")
     p.add_argument("--data", help="also time the disk pipeline from this dataset")
+    p.add_argument("--preset", default="seed", help="seed (stock vs fast layers) or a streaming preset")
     args = p.parse_args(argv)
+    from unetsep.train.model import preset
+
+    if preset(args.preset).streaming:
+        return stream_speed(args)
 
     import numpy as np
 
@@ -66,6 +74,44 @@ def main(argv=None) -> None:
         m.fit(ds, steps_per_epoch=args.steps * args.rounds, epochs=1, verbose=0, shuffle=False)
         rate = args.steps * args.rounds * args.batch_size / (time.perf_counter() - t)
         print(f"fast model fed from disk ({args.data}): {rate:,.0f} frames/s")
+
+
+def stream_speed(args) -> None:
+    """Hops/s of a streaming preset: in-memory segments, then the real disk pipeline."""
+    import numpy as np
+
+    from unetsep.train.model import build_unet, compile_unet, preset
+
+    cfg = preset(args.preset)
+    rng = np.random.default_rng(0)
+    n = cfg.batch_size * args.steps
+    x = (rng.standard_normal((n, cfg.segment, 1)) * 0.1).astype("float32")
+    y = np.concatenate([x * 0.5, x], axis=-1)
+    model = compile_unet(build_unet(cfg), cfg)
+    hops = cfg.segment // cfg.frame
+    t = time.perf_counter()
+    model.fit(x[:cfg.batch_size], y[:cfg.batch_size], batch_size=cfg.batch_size, epochs=1, verbose=0)
+    print(f"warm-up: {time.perf_counter() - t:.1f} s")
+    rates = []
+    for r in range(args.rounds):
+        t = time.perf_counter()
+        model.fit(x, y, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False)
+        rates.append(n * hops / (time.perf_counter() - t))
+        print(f"round {r + 1}: {rates[-1]:,.0f} frames/s (in memory)", flush=True)
+    print(f"{args.preset} in memory: median {statistics.median(rates):,.0f} frames/s, min {min(rates):,.0f}, "
+          f"max {max(rates):,.0f}")
+    if args.data:
+        from unetsep.train.dataset import open_db, segment_dataset
+
+        db = open_db(args.data, "train", "train", cfg.target, cfg.sample_rate)
+        ds = segment_dataset(db.tracks, cfg.target, cfg.segment, cfg.batch_size, 0, cfg.sample_rate,
+                             cfg.lookahead, augment=True)
+        model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
+        steps = args.steps * args.rounds
+        t = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        rate = steps * cfg.batch_size * hops / (time.perf_counter() - t)
+        print(f"{args.preset} fed from disk ({args.data}, augmented): {rate:,.0f} frames/s")
 
 
 if __name__ == "__main__":

@@ -61,14 +61,17 @@ def build_lean_stream_onnx(model, cfg, info: ModelInfo) -> tuple[onnx.ModelProto
                  layer.name, kernel_shape=[2 * taps], strides=[2])
         return y, f
 
-    def up(x: str, layer, c_in: int) -> tuple[str, int]:
+    def up(x: str, layer, c_in: int, activation: str) -> tuple[str, int]:
         # Keras kernel (taps, C_in, 2*F), column u*F + o = output o of sub-sample u -> Conv weight
         # (2*F, C_in, taps); then (B, 2F, n) -> (B, F, 2n) with sample 2j + u = channel u*F + o.
+        # The activation goes before the interleaving (it is elementwise), where onnxruntime
+        # fuses it into the Conv.
         kernel, bias = (np.asarray(w, np.float32) for w in layer.get_weights())
         f = kernel.shape[-1] // 2
         xp = with_state(x, layer.name, c_in, taps - 1)
         y = g.op("Conv", [xp, g.const(f"{layer.name}_w", kernel.transpose(2, 1, 0).copy()),
                           g.const(f"{layer.name}_b", bias)], layer.name, kernel_shape=[taps])
+        y = g.op(activation, [y], f"{layer.name}_{activation.lower()}")
         y = g.op("Reshape", [y, g.const("shape", np.array([0, 2, f, -1], np.int64))], "split")
         y = g.op("Transpose", [y], "interleave", perm=[0, 2, 3, 1])  # (B, F, n, 2)
         return g.op("Reshape", [y, g.const("shape", np.array([0, f, -1], np.int64))], "d2s"), f
@@ -108,15 +111,13 @@ def build_lean_stream_onnx(model, cfg, info: ModelInfo) -> tuple[onnx.ModelProto
         c += units
 
     for i in range(levels - 1):
-        x, c = up(x, model.get_layer(f"dec{i + 1}_up"), c)
-        x = g.op("Relu", [x], f"dec{i + 1}_relu")
+        x, c = up(x, model.get_layer(f"dec{i + 1}_up"), c, "Relu")
         skip, cs = skips[-2 - i]
         if hops_ahead:
             skip = delay(skip, f"dec{i + 1}_delay", cs, hops_ahead * cfg.frame // 2 ** (levels - 1 - i))
         x = g.op("Concat", [x, skip], f"dec{i + 1}_skip", axis=1)
         c += cs
-    x, _ = up(x, model.get_layer("mask"), c)
-    x = g.op("Sigmoid", [x], "mask_sigmoid")
+    x, _ = up(x, model.get_layer("mask"), c, "Sigmoid")
     dry = delay(mix, "mix_delay", 1, cfg.lookahead) if hops_ahead else mix
     x = g.op("Mul", [x, dry], "masked")
     g.nodes.append(helper.make_node("Transpose", [x], [info.output_name], name="nlc", perm=[0, 2, 1]))
