@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..benchmarks.latency import time_configs
-from ..benchmarks.quality import museval_scores
 from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
 from ..runtime.errors import UserError
+from ..runtime.measures import snr_db, target_sdr, time_model
 from ..runtime.separate import estimate, separate_array
-from ..runtime.stream import frame_call, stream_blocks
+from ..runtime.stream import stream_blocks
 from .convert import load_run, model_info, ort_int8, stream_calibration, tf2onnx_raw, tflite_variants
 from .lean import build_lean_onnx
 from .lean_stream import build_lean_stream_onnx
@@ -131,12 +130,6 @@ def keras_estimate(model, cfg, mix: np.ndarray) -> np.ndarray:
     return y.T.astype(np.float32)
 
 
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """10*log10(reference energy / error energy); inf when identical."""
-    err = np.sum((reference.astype(np.float64) - estimate) ** 2)
-    return float("inf") if err == 0 else float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / err))
-
-
 def _node_counts(proto) -> tuple[int, dict]:
     ops = collections.Counter(n.op_type for n in proto.graph.node)
     return len(proto.graph.node), dict(sorted(ops.items(), key=lambda kv: -kv[1]))
@@ -176,14 +169,11 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
             return estimate(m, mix_c)
 
         def sdr(estimate: np.ndarray) -> float:
-            return museval_scores(np.stack([target_c, mix_c - target_c]),
-                                  np.stack([estimate, mix_c - estimate]), cfg.sample_rate)["sdr"]
+            return target_sdr(mix_c, target_c, estimate, cfg.sample_rate)["sdr"]
 
         def p50_us(m) -> float:
             """Median microseconds of one batch-1 call (1 thread), as `unetsep bench` times it."""
-            return time_configs([{"model": "", "backend": "", "provider": "", "batch": 1,
-                                  "run": frame_call(m, 1), "context": cfg.context}],
-                                frames=1000, warmup=100)[0]["p50_us"]
+            return time_model(m, batch=1, frames=1000, warmup=100)["p50_us"]
 
         ref = keras_estimate(model, cfg, mix_c)
         keras_sdr = sdr(ref)

@@ -282,6 +282,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from unetsep.benchmarks import latency
     from unetsep.runtime.backends import cuda_available, load_model
+    from unetsep.runtime.measures import Timed, time_calls
     from unetsep.runtime.separate import model_name
     from unetsep.runtime.stream import frame_call
 
@@ -297,24 +298,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     configs = []
     for m in models:
         for b in args.batch:
-            configs.append({"model": model_name(m.path, m.info.target), "backend":
-                            "onnxruntime" if m.path.suffix == ".onnx" else "litert",
-                            "provider": m.provider, "batch": b, "run": frame_call(m, b),
-                            "context": m.info.context})
+            configs.append(Timed(frame_call(m, b), m.info, b, {
+                "model": model_name(m.path, m.info.target), "provider": m.provider,
+                "backend": "onnxruntime" if m.path.suffix == ".onnx" else "litert"}))
     if args.keras:
         needs_extra("train", "tensorflow")
         _quiet_tensorflow()
         import tensorflow as tf
 
-        from unetsep.export.convert import load_run
+        from unetsep.export.convert import load_run, model_info
 
-        kmodel, _ = load_run(args.keras)
+        kmodel, cfg = load_run(args.keras)
         fn = tf.function(lambda x: kmodel(x, training=False))
         for b in args.batch[:2]:
-            configs.append({"model": "keras", "backend": "keras tf.function", "provider": "tensorflow",
-                            "batch": b, "run": lambda x, fn=fn: fn(x).numpy(), "context": 64})
+            configs.append(Timed(lambda x, fn=fn: fn(x).numpy(), model_info(cfg), b, {
+                "model": "keras", "backend": "keras tf.function", "provider": "tensorflow"}))
     print(f"timing {len(configs)} configurations, {args.frames} frames each, interleaved", file=sys.stderr)
-    results = latency.time_configs(configs, args.frames)
+    results = time_calls(configs, args.frames)
     onnx_models = [m for m in models if m.path.suffix == ".onnx" and "int8" not in m.path.name]
     bound = None
     from importlib.util import find_spec
