@@ -1,8 +1,10 @@
 """`unetsep live`: mic to speaker through the model, one block per audio callback.
 
 The callback follows python-sounddevice's wire.py: it copies into preallocated arrays, runs the
-model (through the engine's preallocated, IOBinding-bound buffers) and counts; it never prints,
-blocks or raises. Everything else happens outside it.
+model and counts; it never prints, blocks or raises. Everything else happens outside it. With
+onnxruntime on the CPU the model call allocates nothing (IOBinding on the engine's preallocated
+buffers); LiteRT copies its output tensor and the CUDA provider moves each block to and from the
+GPU, so with those backends the model's own call does allocate.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import musdb
 import numpy as np
@@ -53,3 +54,14 @@ def test_known_cases(dataset):
     assert np.isclose(scores["mixture"]["sdr"], np.nanmedian(sdr[0]))
     assert museval_sdr(np.stack([truth, mix - truth]), np.zeros((2, *mix.shape)),
                        track.rate)["sdr"] == float("-inf")
+
+
+def test_results_quote_the_export_report():
+    from unetsep.benchmarks.results import tried
+
+    report = json.loads((Path(__file__).resolve().parent.parent / "models" / "default" / "report.json").read_text())
+    text = tried(report)
+    lean = [f for f in report["formats"] if f["format"] == "onnx"][0]
+    assert f"lean {lean['nodes']}-node graph" in text and f"{lean['p50_us']:.0f} us" in text
+    for raw in report["converter_output"]:
+        assert f"{raw['nodes']} " in text
