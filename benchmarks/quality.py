@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.measures import museval_sdr, oracle_irm
+from ..runtime.measures import mixture_sdr, museval_sdr, oracle_irm
 
 
 def score_track(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, estimates: dict,
@@ -29,7 +29,7 @@ def score_track(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, esti
     out = {}
     for name, est in methods.items():
         out[name] = museval_sdr(refs, np.stack([est, mix - est]), rate)
-    out["mixture"] = museval_sdr(refs, np.stack([mix, mix]), rate)
+    out["mixture"] = mixture_sdr(mix, truth, rate)
     return out
 
 

@@ -111,6 +111,11 @@ def target_sdr(mix: np.ndarray, target: np.ndarray, estimate: np.ndarray, rate: 
     return museval_sdr(np.stack([target, mix - target]), np.stack([estimate, mix - estimate]), rate)
 
 
+def mixture_sdr(mix: np.ndarray, target: np.ndarray, rate: int) -> dict:
+    """The floor: museval_sdr of the mixture itself taken as the estimate of both sources."""
+    return museval_sdr(np.stack([target, mix - target]), np.stack([mix, mix]), rate)
+
+
 def oracle_irm(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, window: int) -> np.ndarray:
     """The target through its ideal (power) ratio mask at an STFT of `window` samples, hop window/2.
 

@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     _quiet_tensorflow()
-    from unetsep.export.run import Thresholds, export
+    from unetsep.export.pipeline import Thresholds, export
 
     th = Thresholds(max_error=args.max_error, min_snr=args.min_snr, max_sdr_drop=args.max_sdr_drop,
                     min_int8_snr=args.min_int8_snr)
