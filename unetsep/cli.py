@@ -233,17 +233,33 @@ def cmd_live(args: argparse.Namespace) -> int:
 
         check_writable(args.json, "--json")
     model = open_model(args.model, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
+    # The status line: once per second from the main thread, on a terminal only (a log or a pipe
+    # gets the summary alone), rewritten in place.
+    on_terminal = sys.stderr.isatty() and not args.quiet
+
+    def show(line: str) -> None:
+        sys.stderr.write("\r" + line)
+        sys.stderr.flush()
+
     r = live.run_live(model, channels=args.channels, blocksize=args.blocksize, mix=args.mix,
-                      device_in=args.input, device_out=args.output, seconds=args.seconds)
+                      device_in=args.input, device_out=args.output, seconds=args.seconds,
+                      status=show if on_terminal else None)
+    if on_terminal:
+        sys.stderr.write("\n")
+    if args.quiet:
+        if args.json:
+            from unetsep.runtime.files import write_text_atomic
+
+            write_text_atomic(Path(args.json), live.report_json(r))
+        return 0
     print(f"live: {r.callbacks} callbacks of {r.blocksize} samples x {r.channels} channels in "
           f"{r.seconds:.1f} s; xruns {r.xruns} ({r.xruns_after_first_second} after the first second); "
           f"callback p50 {r.callback_p50_us:.0f} us, p99 {r.callback_p99_us:.0f} us, max "
           f"{r.callback_max_us:.0f} us; CPU load {r.cpu_load:.0%}; stream latency in/out "
           f"{r.stream_latency_ms[0]:.2f}/{r.stream_latency_ms[1]:.2f} ms + model "
-          f"{r.algorithmic_latency_ms:.2f} ms", file=sys.stderr)
+          f"{r.algorithmic_latency_ms:.2f} ms; peak level in {r.input_peak_dbfs:.1f} dBFS, out "
+          f"{r.output_peak_dbfs:.1f} dBFS", file=sys.stderr)
     if args.json:
-        from pathlib import Path
-
         from unetsep.runtime.files import write_text_atomic
 
         write_text_atomic(Path(args.json), live.report_json(r))
@@ -487,10 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", help="output device (number or name)")
     v.add_argument("--channels", "-c", type=positive_int, default=2, help="channels (default 2)")
     v.add_argument("--blocksize", "-b", type=positive_int, default=64, help="samples per callback (default 64)")
-    v.add_argument("--mix", default="drums", help="drums (default), no-drums or blend")
+    v.add_argument("--mix", help="the model's target (default; drums for the shipped model), "
+                   "no-<target> (everything else) or blend (the target over the rest at -12 dB)")
     v.add_argument("--seconds", "-s", type=positive_float, help="stop after S seconds (default: Ctrl-C)")
     v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
     v.add_argument("--json", help="also write the summary as JSON here")
+    v.add_argument("-q", "--quiet", action="store_true",
+                   help="no status line and no summary (for scripts; errors still print; --json still written)")
     v.set_defaults(func=cmd_live)
 
     b = sub.add_parser("bench", help="latency per frame of every model and backend")
