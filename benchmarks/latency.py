@@ -1,8 +1,6 @@
-"""Latency per frame: every model and backend, interleaved, with the physical bound beside it.
-
-Configurations (model x batch) are timed round-robin, one call each per round (A B C A B C ...),
-so that drift on a shared machine hits all alike. Batch 1 is mono live, batch 2 stereo live, a
-large batch file mode.
+"""What bench adds around the timing itself (runtime/measures.py: time_calls): the physical bound
+per frame (FLOPs and weights of the ONNX graph, this core's GEMM rate and memory bandwidth) and the
+latency CDF plot.
 """
 from __future__ import annotations
 
@@ -10,7 +8,7 @@ import time
 
 import numpy as np
 
-DEADLINE_US = 64 / 44100 * 1e6  # one 64-sample frame at 44.1 kHz: 1451 us
+from ..runtime.contract import FRAME
 
 
 def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float = 1.0) -> dict:
@@ -62,7 +60,7 @@ def model_cost(onnx_path) -> tuple[float, float]:
         dims = inp.type.tensor_type.shape.dim
         dims[0].dim_value = 1
         if inp.name == meta.get("input_name", "mix") and not dims[1].dim_value:
-            dims[1].dim_value = int(meta.get("frame", 64))
+            dims[1].dim_value = int(meta.get("frame", FRAME))
     m = shape_inference.infer_shapes(proto)
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
@@ -83,46 +81,6 @@ def model_cost(onnx_path) -> tuple[float, float]:
     return flops, weight_bytes
 
 
-def time_configs(configs: list[dict], frames: int, warmup: int = 200) -> list[dict]:
-    """configs: {"label", "run", "batch", ...}; each gets >= `frames` timed frames, interleaved."""
-    rng = np.random.default_rng(0)
-    for c in configs:
-        c["x"] = (rng.standard_normal((c["batch"], c["context"], 1)) * 0.1).astype(np.float32)
-        t = time.perf_counter()
-        for _ in range(warmup):
-            c["run"](c["x"])
-        c["warmup_us"] = (time.perf_counter() - t) / warmup * 1e6
-        c["calls"] = max(1, -(-frames // c["batch"]))
-        c["times"] = np.empty(c["calls"])
-    rounds = max(c["calls"] for c in configs)
-    for i in range(rounds):
-        for c in configs:
-            if i < c["calls"]:
-                t = time.perf_counter()
-                c["run"](c["x"])
-                c["times"][i] = time.perf_counter() - t
-    out = []
-    for c in configs:
-        us = c["times"] * 1e6
-        # A call at batch B covers max(1, B // 2) audio periods: batch 1 = one mono frame,
-        # batch 2 = one stereo frame, batch 256 = 128 stereo frames (file mode).
-        periods = max(1, c["batch"] // 2)
-        out.append({
-            "model": c["model"], "backend": c["backend"], "provider": c["provider"], "batch": c["batch"],
-            "frames": int(c["calls"] * c["batch"]), "calls": int(c["calls"]),
-            "warmup_us_per_call": c["warmup_us"],
-            "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-            "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
-            "p50_us_per_frame": float(np.percentile(us, 50) / c["batch"]),
-            "deadline_us": DEADLINE_US * periods,
-            "deadline_misses": int((us > DEADLINE_US * periods).sum()),
-            "realtime_factor": float(np.percentile(us, 50) / (DEADLINE_US * periods)),
-            "stereo_seconds_per_second": float(periods * 64 / 44100 / np.percentile(us, 50) * 1e6)
-            if c["batch"] >= 2 else None,
-            "times_us": us})
-    return out
-
-
 def plot_cdf(results: list[dict], path) -> None:
     import matplotlib
 
@@ -135,7 +93,8 @@ def plot_cdf(results: list[dict], path) -> None:
             continue
         us = np.sort(r["times_us"])
         ax.plot(us, 1 - np.arange(len(us)) / len(us), label=f"{r['model']} {r['backend']} b{r['batch']}")
-    ax.axvline(DEADLINE_US, color="red", linestyle="--", label="deadline 1451 us")
+    for limit in sorted({r["deadline_us"] for r in results if r["batch"] <= 2}):
+        ax.axvline(limit, color="red", linestyle="--", label=f"deadline {limit:.0f} us")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("microseconds per call")

@@ -3,8 +3,9 @@
 Methods scored on each track, all as a two-source separation (target, everything else):
 * the model (each format given),
 * `mixture`: the mixture itself as the estimate of both (the floor),
-* `irm64` / `irm2048`: oracle ideal ratio masks (power) computed from the true stems at a 64-sample
-  STFT window (the runtime's latency) and at 2048 samples (the SiSEC 2018 IRM setting).
+* `irm<frame>` / `irm2048`: oracle ideal ratio masks (power) computed from the true stems at an STFT
+  window of the model's frame (its latency; irm64) and at 2048 samples (the SiSEC 2018 IRM setting).
+The measures themselves live in runtime/measures.py.
 Figures are the median over 1 s frames per track, then the median over tracks (the field's
 convention for MUSDB18 tables).
 """
@@ -12,51 +13,23 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def museval_scores(references: np.ndarray, estimates: np.ndarray, rate: int) -> dict:
-    """references/estimates (2, samples, channels): target and rest -> target's median SDR/SIR/SAR."""
-    import museval
-
-    if not np.any(estimates[0]):
-        return {"sdr": float("-inf"), "sir": float("nan"), "sar": float("nan")}
-    sdr, _, sir, sar = museval.evaluate(references, estimates, win=rate, hop=rate)
-    return {"sdr": float(np.nanmedian(sdr[0])), "sir": float(np.nanmedian(sir[0])),
-            "sar": float(np.nanmedian(sar[0]))}
-
-
-def oracle_irm(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, window: int) -> np.ndarray:
-    """The target through its ideal (power) ratio mask at an STFT of `window` samples, hop window/2.
-
-    mix and stems (samples, channels); returns (samples, channels).
-    """
-    from scipy.signal import istft, stft
-
-    def spec(x):
-        return stft(x.T, nperseg=window, noverlap=window // 2, window="hann")[2]  # (ch, freq, time)
-
-    power = {k: np.abs(spec(v)) ** 2 for k, v in stems.items()}
-    total = sum(power.values()) + 1e-12
-    mask = power[target] / total
-    est = istft(mask * spec(mix), nperseg=window, noverlap=window // 2, window="hann")[1].T
-    out = np.zeros_like(mix)
-    n = min(len(est), len(mix))
-    out[:n] = est[:n]
-    return out
+from ..runtime.measures import mixture_sdr, museval_sdr, oracle_irm
 
 
 def score_track(mix: np.ndarray, stems: dict[str, np.ndarray], target: str, estimates: dict,
-                rate: int, oracles: bool = True) -> dict:
-    """{method: {sdr, sir, sar}} for one track; `estimates` maps a model label to its target estimate."""
+                rate: int, oracles: bool = True, frame: int = 64) -> dict:
+    """{method: {sdr, sir, sar}} for one track; `estimates` maps a model label to its target
+    estimate (samples, channels); `frame` is the models' frame (ModelInfo.frame), the short oracle's window."""
     truth = stems[target]
     refs = np.stack([truth, mix - truth])
     methods = dict(estimates)
     if oracles:
-        methods["irm64"] = oracle_irm(mix, stems, target, 64)
+        methods[f"irm{frame}"] = oracle_irm(mix, stems, target, frame)
         methods["irm2048"] = oracle_irm(mix, stems, target, 2048)
     out = {}
     for name, est in methods.items():
-        out[name] = museval_scores(refs, np.stack([est, mix - est]), rate)
-    out["mixture"] = museval_scores(refs, np.stack([mix, mix]), rate)
+        out[name] = museval_sdr(refs, np.stack([est, mix - est]), rate)
+    out["mixture"] = mixture_sdr(mix, truth, rate)
     return out
 
 
@@ -97,7 +70,7 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
                             f"{data}/{subset}/ or pass --tracks")
         mix, stems = mix[:n], {k: v[:n] for k, v in stems.items()}
         ests = {model_name(Path(m.path), target): estimate(m, mix) for m in models}
-        scores = score_track(mix, stems, target, ests, rate, oracles=oracles)
+        scores = score_track(mix, stems, target, ests, rate, oracles=oracles, frame=models[0].info.frame)
         rows.append({"name": t.name, "scores": scores, "heldout": heldout.get(t.name)})
         if progress:
             progress(t.name, scores)

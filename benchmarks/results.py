@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..runtime.backends import shipped_model
 from ..runtime.files import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +36,29 @@ def machine() -> str:
             f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
 
 
+def tried(report: dict) -> str:
+    """What was tried for speed, with the figures read from the shipped model's export report."""
+    raw = {r["format"]: r for r in report["converter_output"]}
+    fmt = {r["format"]: r for r in report["formats"]}
+    dyn, static = raw.get("tf2onnx (dynamic batch)"), raw.get("tf2onnx (batch 1)")
+    lean = fmt["onnx"]
+    lite = [f"{s} {fmt[s]['p50_us']:.0f} us" for s in ("tflite", "fp16.tflite", "int8.tflite") if s in fmt]
+    parts = ["Tried, with figures from the shipped model's export report (p50 per frame, batch 1, "
+             "1 thread, measured at export):"]
+    if dyn and static:
+        parts.append(f"tf2onnx's output ({dyn['nodes']} nodes dynamic, {dyn['p50_us']:.0f} us; "
+                     f"{static['nodes']} static, {static['p50_us']:.0f} us);")
+    parts.append(f"the lean {lean['nodes']}-node graph (BN folded, Gemm for the length-1/2 layers: this "
+                 f"is what ships), {lean['p50_us']:.0f} us;")
+    if "int8.onnx" in fmt:
+        parts.append(f"onnxruntime static QDQ int8, {fmt['int8.onnx']['p50_us']:.0f} us;")
+    if lite:
+        parts.append(f"LiteRT with XNNPACK: {', '.join(lite)}.")
+    parts.append("Not tried yet: sub-pixel Conv for the remaining ConvTranspose, NCHWc layouts, a "
+                 "per-op profile.")
+    return " ".join(parts)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="dataset for `unetsep evaluate` (its test split)")
@@ -53,7 +77,7 @@ def main(argv=None) -> None:
     b = json.loads((tmp / "b.json").read_text())
     # The live case runs one model alone: interleaving with other models evicts its weights from
     # the cache between calls, so time the default model by itself too.
-    default = str(HERE.parent / "models" / "default" / "drums.onnx")
+    default = str(shipped_model("default"))
     subprocess.run(cli + ["bench", "--model", default, "--batch", "1", "2", "--frames",
                           str(2 * args.frames), "--json", str(tmp / "alone.json")], check=True)
     for r in json.loads((tmp / "alone.json").read_text())["results"]:
@@ -62,18 +86,20 @@ def main(argv=None) -> None:
     if args.keras:
         # Keras is timed in its own process: TensorFlow's spinning thread pools and cache traffic
         # would otherwise slow the runtimes it is interleaved with.
-        model = str(sorted((HERE.parent / "models" / "default").glob("drums.onnx"))[0])
+        model = default
         subprocess.run(cli + ["bench", "--model", model, "--keras", args.keras, "--batch", "1", "2",
                               "--frames", str(min(args.frames, 3000)), "--json", str(tmp / "k.json")],
                        check=True)
         b["results"] += [r for r in json.loads((tmp / "k.json").read_text())["results"]
                          if r["model"] == "keras"]
+    deadline = min(r["deadline_us"] for r in b["results"])  # one period of the shipped model
+    frame = json.loads(Path(shipped_model("default")).with_name("report.json").read_text())["info"]["frame"]
     lines = ["# Results", "", f"Generated {datetime.date.today()} on {machine()} by "
              f"`python -m unetsep.benchmarks.results {' '.join(argv or sys.argv[1:])}`.", "",
              "## Latency per call (`unetsep bench`, 1 intra-op thread, interleaved)", "",
              f"`unetsep {' '.join(bench_cmd[:3])}`; at least {args.frames} frames per configuration. "
-             "Batch 1 = mono live, 2 = stereo live (one 64-sample period each), 256 = file mode "
-             "(128 stereo frames). Deadline: 1451 us per period.", "",
+             f"Batch 1 = mono live, 2 = stereo live (one {frame}-sample period each), 256 = file mode "
+             f"(128 stereo frames). Deadline: {deadline:.0f} us per period.", "",
              "| model | backend | batch | p50 us | p99 us | p99.9 us | max us | us/frame p50 | "
              "deadline misses | x bound | stereo s/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in b["results"]:
@@ -110,12 +136,7 @@ def main(argv=None) -> None:
                          f"xruns after the first second (goal 0: "
                          f"{'met' if lv.get('xruns_after_first_second', lv['xruns']) == 0 else 'NOT met'}), "
                          f"callback p99 {lv.get('callback_p99_us', 0):.0f} us, max {lv.get('callback_max_us', 0):.0f} us")
-        lines += ["", "Tried, with figures in the export report: tf2onnx's output (282 nodes dynamic, "
-                  "102 static); the lean 40-node graph (BN folded, Gemm for the length-1/2 layers: this is "
-                  "what ships); onnxruntime static QDQ int8 (slower than float32: Q/DQ around every op); "
-                  "LiteRT float32/fp16/int8 with XNNPACK (all slower than the lean ONNX at batch 1). "
-                  "Not tried yet: sub-pixel Conv for the 4 remaining ConvTranspose, NCHWc layouts, a "
-                  "per-op profile."]
+        lines += ["", tried(json.loads(Path(default).with_name("report.json").read_text()))]
     if args.data:
         ev_cmd = ["evaluate", "--data", args.data, "--json", str(tmp / "e.json"),
                   "--plot", str(HERE / "sdr.png")] + (["--tracks", str(args.tracks)] if args.tracks else []) \

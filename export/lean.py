@@ -11,7 +11,7 @@ the (batch, channels, samples) layout onnxruntime's kernels want:
   probing the Keras layer itself with unit inputs, so it is exactly what Keras computes and the
   dead taps are gone from the weights.
 
-`export.run` checks the result against Keras like every other format.
+`export.pipeline` checks the result against Keras like every other format.
 """
 from __future__ import annotations
 

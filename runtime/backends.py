@@ -110,7 +110,11 @@ class LiteRTModel:
     """A LiteRT (TensorFlow Lite) interpreter with XNNPACK, resized when the batch changes."""
 
     def __init__(self, path: str | Path, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ModuleNotFoundError:
+            raise UserError(f"{path} is a LiteRT model and LiteRT is not installed; install the "
+                            f"litert extra (pip install 'unetsep[litert]') or pass a .onnx model") from None
 
         self.path = Path(path)
         meta = metadata_path(self.path)
@@ -147,8 +151,9 @@ class LiteRTModel:
 
 
 def load_model(path: str | Path, provider: str = "cpu", threads: int = 1):
-    """OrtModel or LiteRTModel by file extension; a clear error for anything else."""
-    path = Path(path)
+    """OrtModel or LiteRTModel by file extension (`path` may name a shipped model); a clear error
+    for anything else."""
+    path = resolve_model(path)
     if not path.is_file():
         raise UserError(f"model {path} not found; pass --model PATH to a .onnx or .tflite file")
     if path.suffix == ".onnx":
@@ -158,24 +163,67 @@ def load_model(path: str | Path, provider: str = "cpu", threads: int = 1):
     raise UserError(f"{path} is not a .onnx or .tflite model; pass one written by 'unetsep export'")
 
 
+def litert_available() -> bool:
+    """Whether LiteRT (the litert extra) is installed, without importing it."""
+    from importlib.util import find_spec
+
+    return find_spec("ai_edge_litert") is not None
+
+
 def cuda_available() -> bool:
     import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers() and not os.environ.get("UNETSEP_NO_CUDA")
 
 
+DEFAULT_MODEL = "default"
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped as package data (folders of `unetsep.models`), sorted."""
+    from importlib.resources import files
+
+    root = files("unetsep.models")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def shipped_model(name: str = DEFAULT_MODEL) -> Path:
+    """The float32 ONNX file of the shipped model `name` (`unetsep.models/<name>/<target>.onnx`),
+    found with importlib.resources: from the repository and from an installed wheel alike."""
+    from importlib.resources import as_file, files
+
+    folder = files("unetsep.models") / name
+    onnx = sorted(p.name for p in folder.iterdir() if p.name.endswith(".onnx") and ".int8." not in p.name) \
+        if folder.is_dir() else []
+    if not onnx:
+        have = ", ".join(shipped_models()) or "none"
+        raise UserError(f"no shipped model named {name!r} (shipped: {have}); pass --model NAME or a "
+                        f"path to a .onnx or .tflite file from 'unetsep export'")
+    # A wheel installs as plain files, so as_file hands back the real path (no temporary copy).
+    with as_file(folder / onnx[0]) as path:
+        return Path(path)
+
+
 def default_model_path() -> Path:
-    """$UNETSEP_MODEL, else the model shipped in the repository's models/default/."""
+    """$UNETSEP_MODEL (a name or a path), else the shipped model `default`."""
     env = os.environ.get("UNETSEP_MODEL")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "models" / "default" / "drums.onnx"
-    if not path.is_file():
-        raise UserError(f"no default model at {path}; pass --model PATH (a file from 'unetsep export')")
-    return path
+    return resolve_model(env) if env else shipped_model(DEFAULT_MODEL)
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """--model as given: an existing file, a shipped model's name (`default`, `seed`), or None
+    for the default. A path that names no file is reported by load_model."""
+    if model is None or model == "":
+        return default_model_path()
+    path = Path(model)
+    if path.is_file() or path.suffix in (".onnx", ".tflite") or len(path.parts) > 1:
+        return path
+    return shipped_model(str(model))
 
 
 def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1, say=print):
     """load_model with the CLI's provider rule: auto takes CUDA when it loads, else CPU (and says so)."""
-    path = Path(path) if path else default_model_path()
+    path = resolve_model(path)
     if provider not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown --provider {provider!r}: choose auto, cpu or cuda")
     if path.suffix == ".tflite" or provider == "cpu":

@@ -1,8 +1,10 @@
 """`unetsep live`: mic to speaker through the model, one block per audio callback.
 
 The callback follows python-sounddevice's wire.py: it copies into preallocated arrays, runs the
-model (through the engine's preallocated, IOBinding-bound buffers) and counts; it never prints,
-blocks or raises. Everything else happens outside it.
+model and counts; it never prints, blocks or raises. Everything else happens outside it. With
+onnxruntime on the CPU the model call allocates nothing (IOBinding on the engine's preallocated
+buffers); LiteRT copies its output tensor and the CUDA provider moves each block to and from the
+GPU, so with those backends the model's own call does allocate.
 """
 from __future__ import annotations
 
@@ -16,8 +18,16 @@ import numpy as np
 from .errors import UserError
 from .stream import StreamEngine
 
-MIXES = ("drums", "no-drums", "blend")
 BLEND_REST = 0.25  # 'blend': the target at full level over the rest at -12 dB
+
+
+def mixes(target: str) -> tuple[str, str, str]:
+    """The --mix choices for a model of `target`: the target alone, everything but it, or the
+    target over the rest at -12 dB (a bass model: bass, no-bass, blend)."""
+    return (target, f"no-{target}", "blend")
+
+
+LEVEL_FLOOR_DB = -120.0  # what a silent block's level reads as
 
 
 @dataclass
@@ -36,6 +46,8 @@ class LiveReport:
     callback_p99_us: float
     callback_max_us: float
     cpu_load: float  # mean callback time / block period
+    input_peak_dbfs: float = LEVEL_FLOOR_DB  # the loudest block of the run, in and out
+    output_peak_dbfs: float = LEVEL_FLOOR_DB
 
 
 NO_DEVICE_HINT = ("connect a sound card, or start a JACK server (e.g. 'jackd -d dummy -r 44100 -p 64' "
@@ -79,17 +91,27 @@ class Live:
         if blocksize % model.info.frame:
             raise UserError(f"--blocksize {blocksize} is not a multiple of the model's frame "
                             f"({model.info.frame}); try {model.info.frame}")
-        if mix not in MIXES:
-            raise UserError(f"unknown --mix {mix!r}: choose {', '.join(MIXES)}")
-        self.model, self.channels, self.blocksize, self.mix = model, channels, blocksize, mix
+        choices = mixes(model.info.target)
+        mix = mix or choices[0]
+        if mix not in choices:
+            raise UserError(f"unknown --mix {mix!r} for a {model.info.target} model: choose "
+                            f"{', '.join(choices)}")
+        self.model, self.channels, self.blocksize = model, channels, blocksize
+        # 0: the target, 1: the rest, 2: the blend
+        self.mode = choices.index(mix)
+        self.mix = mix
         self.engine = StreamEngine(model, channels, max_block=blocksize)
         lat = self.engine.latency
         self.est = np.zeros((blocksize, channels), np.float32)
         self.rest = np.zeros((blocksize, channels), np.float32)
         # Dry input delayed by the engine's latency, for the residual.
         self.delay = np.zeros((lat + blocksize, channels), np.float32)
-        self.times = np.zeros(1 << 20, np.float64)  # callback durations (s), preallocated
+        # Per callback, preallocated (about 6 hours at 64 samples): duration (s), xrun flag, and
+        # the block's peak input and output level (linear). The main thread reads them.
+        self.times = np.zeros(1 << 20, np.float64)
         self.flags = np.zeros(1 << 20, np.bool_)
+        self.peak_in = np.zeros(1 << 20, np.float32)
+        self.peak_out = np.zeros(1 << 20, np.float32)
         self.n = 0
 
     def callback(self, indata, outdata, frames, time_info, status) -> None:
@@ -100,12 +122,12 @@ class Live:
         else:
             lat = self.engine.latency
             self.engine.process(indata, out=self.est)
-            if self.mix == "drums":
+            if self.mode == 0:
                 outdata[:] = self.est
             else:
                 self.delay[lat:] = indata
                 rest = np.subtract(self.delay[:frames], self.est, out=self.rest)
-                if self.mix == "no-drums":
+                if self.mode == 1:
                     outdata[:] = rest
                 else:
                     np.multiply(rest, BLEND_REST, out=outdata)
@@ -113,13 +135,41 @@ class Live:
                 self.delay[:lat] = self.delay[frames:frames + lat]
         if n < len(self.times):
             self.flags[n] = bool(status)
+            # max and -min: the peak without the temporary array np.abs would make
+            self.peak_in[n] = max(indata.max(), -indata.min())
+            self.peak_out[n] = max(outdata.max(), -outdata.min())
             self.times[n] = time.perf_counter() - t0
         self.n = n + 1
 
 
-def run_live(model, channels: int = 2, blocksize: int = 64, mix: str = "drums",
+def dbfs(peak: float) -> float:
+    """A linear peak level in dBFS (full scale = 1.0), LEVEL_FLOOR_DB for silence."""
+    return float(20 * np.log10(peak)) if peak > 10 ** (LEVEL_FLOOR_DB / 20) else LEVEL_FLOOR_DB
+
+
+def status_line(live: Live, start: int, end: int, elapsed: float, period: float) -> str:
+    """One line about callbacks [start, end) (the last second) and the run so far: elapsed time,
+    xruns so far, callback p99 and max, CPU load (mean callback time / block period), and the peak
+    input and output levels in dBFS. Read from the callback's arrays, on the main thread."""
+    cap = len(live.times)
+    a, b = min(start, cap), min(end, cap)
+    times = live.times[a:b] * 1e6
+    xruns = int(live.flags[:b].sum())
+    if b > a:
+        p99, mx, load = float(np.percentile(times, 99)), float(times.max()), float(times.mean() / 1e6 / period)
+        lin, lout = dbfs(float(live.peak_in[a:b].max())), dbfs(float(live.peak_out[a:b].max()))
+    else:
+        p99 = mx = load = 0.0
+        lin = lout = LEVEL_FLOOR_DB
+    return (f"{elapsed:7.1f} s  xruns {xruns:3d}  callback p99 {p99:5.0f} us  max {mx:5.0f} us  "
+            f"CPU {load:4.0%}  in {lin:6.1f} dBFS  out {lout:6.1f} dBFS")
+
+
+def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = None,
              device_in: str | None = None, device_out: str | None = None,
-             seconds: float | None = None) -> LiveReport:
+             seconds: float | None = None, status=None) -> LiveReport:
+    """Run until `seconds` have passed (or Ctrl-C). `status(line)`, when given, is called from
+    this (the main) thread once per second with a status_line; the callback never prints."""
     import sounddevice as sd
 
     live = Live(model, channels, blocksize, mix)
@@ -135,10 +185,21 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str = "drums",
             raise UserError(reason) from None
         raise UserError(f"cannot open the audio device ({e}); list devices with 'unetsep live -l' "
                         f"and pick them with -i/-o") from None
+    period = blocksize / rate
     started = time.perf_counter()
     with stream:
         try:
-            done.wait(seconds)
+            last = 0
+            while True:
+                elapsed = time.perf_counter() - started
+                left = None if seconds is None else seconds - elapsed
+                if left is not None and left <= 0:
+                    break
+                done.wait(1.0 if left is None else min(1.0, left))
+                if status is not None:
+                    now = live.n
+                    status(status_line(live, last, now, time.perf_counter() - started, period))
+                    last = now
         except KeyboardInterrupt:
             pass
         latency = stream.latency
@@ -146,7 +207,6 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str = "drums",
     n = min(live.n, len(live.times))
     times = live.times[:n] * 1e6
     first = int(np.ceil(rate / blocksize))  # callbacks in the first second
-    period = blocksize / rate
     return LiveReport(
         callbacks=live.n, xruns=int(live.flags[:n].sum()),
         xruns_after_first_second=int(live.flags[first:n].sum()), blocksize=blocksize,
@@ -156,7 +216,9 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str = "drums",
         callback_p50_us=float(np.percentile(times, 50)) if n else 0.0,
         callback_p99_us=float(np.percentile(times, 99)) if n else 0.0,
         callback_max_us=float(times.max()) if n else 0.0,
-        cpu_load=float(times.mean() / 1e6 / period) if n else 0.0)
+        cpu_load=float(times.mean() / 1e6 / period) if n else 0.0,
+        input_peak_dbfs=round(dbfs(float(live.peak_in[:n].max())), 1) if n else LEVEL_FLOOR_DB,
+        output_peak_dbfs=round(dbfs(float(live.peak_out[:n].max())), 1) if n else LEVEL_FLOOR_DB)
 
 
 def report_json(r: LiveReport) -> str:

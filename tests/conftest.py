@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,26 @@ def unetsep(*args: str, check: bool = True, timeout: float = 900, **kw) -> subpr
         raise AssertionError(f"unetsep {' '.join(map(str, args))} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="module")
+def jackd():
+    """A JACK server with the dummy driver (44.1 kHz, 64-sample periods) for this module's tests."""
+    if shutil.which("jackd") is None:
+        pytest.skip("jackd is not installed (apt-get install jackd2)")
+    jack = pytest.importorskip("jack")
+    proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", "44100", "-p", "64"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            jack.Client("probe", no_start_server=True).close()
+            break
+        except jack.JackError:
+            assert proc.poll() is None, "jackd exited"
+            time.sleep(0.1)
+    yield proc
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(scope="session")

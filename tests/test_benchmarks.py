@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import musdb
 import numpy as np
@@ -38,7 +39,8 @@ def test_evaluate_schema_and_oracles(dataset, exported, tmp_path):
 def test_known_cases(dataset):
     import museval
 
-    from unetsep.benchmarks.quality import museval_scores, score_track
+    from unetsep.benchmarks.quality import score_track
+    from unetsep.runtime.measures import museval_sdr
 
     track = musdb.DB(root=str(dataset), is_wav=True, subsets="test").tracks[0]
     mix = track.audio.astype(np.float32)
@@ -50,5 +52,16 @@ def test_known_cases(dataset):
     sdr, _, _, _ = museval.evaluate(np.stack([truth, mix - truth]), np.stack([mix, mix]),
                                     win=track.rate, hop=track.rate)
     assert np.isclose(scores["mixture"]["sdr"], np.nanmedian(sdr[0]))
-    assert museval_scores(np.stack([truth, mix - truth]), np.zeros((2, *mix.shape)),
-                          track.rate)["sdr"] == float("-inf")
+    assert museval_sdr(np.stack([truth, mix - truth]), np.zeros((2, *mix.shape)),
+                       track.rate)["sdr"] == float("-inf")
+
+
+def test_results_quote_the_export_report():
+    from unetsep.benchmarks.results import tried
+
+    report = json.loads((Path(__file__).resolve().parent.parent / "models" / "default" / "report.json").read_text())
+    text = tried(report)
+    lean = [f for f in report["formats"] if f["format"] == "onnx"][0]
+    assert f"lean {lean['nodes']}-node graph" in text and f"{lean['p50_us']:.0f} us" in text
+    for raw in report["converter_output"]:
+        assert f"{raw['nodes']} " in text

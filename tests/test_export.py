@@ -82,3 +82,16 @@ def test_not_a_run(tmp_path):
     proc = unetsep("export", tmp_path, "--out", tmp_path / "m", check=False)
     assert proc.returncode == 2 and "not a training run" in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_decide_table():
+    from unetsep.export.pipeline import FORMATS, RULES, Row, Thresholds, decide
+
+    assert set(FORMATS.values()) == set(RULES)  # every format's kind has its rule
+    th = Thresholds()
+    assert decide(Row("onnx", "drums.onnx", "float32", max_abs_error=1e-5), th) == ""
+    assert "max error" in decide(Row("onnx", "drums.onnx", "float32", max_abs_error=1e-3), th)
+    assert "hop by hop" in decide(Row("onnx", "d.onnx", "float32", max_abs_error_hop=1e-3), th)
+    assert "SNR" in decide(Row("fp16.tflite", "d.fp16.tflite", "float16", snr_db=40.0), th)
+    assert "below Keras" in decide(Row("int8.onnx", "d.int8.onnx", "int8", delta_sdr=-1.0, snr_db=10), th)
+    assert "output SNR" in decide(Row("int8.onnx", "d.int8.onnx", "int8", delta_sdr=0.0, snr_db=1.0), th)

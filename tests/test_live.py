@@ -18,23 +18,6 @@ pytestmark = pytest.mark.skipif(shutil.which("jackd") is None,
                                 reason="jackd is not installed (apt-get install jackd2)")
 
 
-@pytest.fixture(scope="module")
-def jackd():
-    jack = pytest.importorskip("jack")
-    proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", "44100", "-p", "64"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            jack.Client("probe", no_start_server=True).close()
-            break
-        except jack.JackError:
-            assert proc.poll() is None, "jackd exited"
-            time.sleep(0.1)
-    yield proc
-    proc.terminate()
-    proc.wait(10)
-
-
 def test_list_devices_shows_jack(jackd):
     proc = unetsep("live", "-l")
     assert "JACK" in proc.stdout

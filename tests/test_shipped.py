@@ -38,3 +38,15 @@ def test_demo(tmp_path):
     assert "drums SDR" in proc.stdout and "p50" in proc.stdout and "p99" in proc.stdout
     folder = Path(proc.stdout.strip().splitlines()[-1].split("stems written to ")[1].split("/ (")[0])
     assert {p.name for p in folder.iterdir()} == {"drums.wav", "no_drums.wav", "mixture.wav"}
+
+
+def test_models_by_name(tmp_path):
+    from unetsep.runtime.backends import resolve_model, shipped_models
+
+    assert "default" in shipped_models()
+    assert resolve_model("default") == SHIPPED / "drums.onnx"
+    assert resolve_model(None) == SHIPPED / "drums.onnx"
+    proc = unetsep("bench", "--model", "nosuch", "--frames", 10, check=False)
+    assert proc.returncode == 2 and "no shipped model named 'nosuch' (shipped: default" in proc.stderr
+    proc = unetsep("bench", "--model", "default", "--frames", 50, "--batch", 1)
+    assert "default" in proc.stdout

@@ -72,7 +72,7 @@ def test_stream_model_declares_contract_v2(stream_model):
 def test_hop_by_hop_equals_whole_sequence_and_keras(stream_run, stream_model):
     """30 s streamed one hop per call (T = 1, state carried) == one call over all 30 s == Keras."""
     from unetsep.export.convert import load_run
-    from unetsep.export.run import keras_estimate
+    from unetsep.export.pipeline import keras_estimate
     from unetsep.runtime.stream import stream_blocks
 
     x = noise(30.0)

@@ -223,7 +223,9 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
             model = compile_unet(build_unet(cfg, stock_layers=stock_layers), cfg)
     rows = [r for r in read_history(run) if r["epoch"] <= initial_epoch]
 
-    # A resumed run's data stream gets its own seed, so it sees fresh excerpts.
+    # The excerpt stream is seeded once per start of training (not per epoch: one stream runs
+    # through every epoch of this start); a resumed run starts from another epoch, so it gets
+    # another seed and fresh excerpts rather than a replay of the first start's.
     stream_seed = seed * 100003 + initial_epoch
     if cfg.streaming:
         ds = segment_dataset(train_db.tracks, cfg.target, cfg.segment, cfg.batch_size, stream_seed,

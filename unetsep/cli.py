@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     _quiet_tensorflow()
-    from unetsep.export.run import Thresholds, export
+    from unetsep.export.pipeline import Thresholds, export
 
     th = Thresholds(max_error=args.max_error, min_snr=args.min_snr, max_sdr_drop=args.max_sdr_drop,
                     min_int8_snr=args.min_int8_snr)
@@ -233,33 +233,63 @@ def cmd_live(args: argparse.Namespace) -> int:
 
         check_writable(args.json, "--json")
     model = open_model(args.model, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
+    # The status line: once per second from the main thread, on a terminal only (a log or a pipe
+    # gets the summary alone), rewritten in place.
+    on_terminal = sys.stderr.isatty() and not args.quiet
+
+    def show(line: str) -> None:
+        sys.stderr.write("\r" + line)
+        sys.stderr.flush()
+
     r = live.run_live(model, channels=args.channels, blocksize=args.blocksize, mix=args.mix,
-                      device_in=args.input, device_out=args.output, seconds=args.seconds)
+                      device_in=args.input, device_out=args.output, seconds=args.seconds,
+                      status=show if on_terminal else None)
+    if on_terminal:
+        sys.stderr.write("\n")
+    if args.quiet:
+        if args.json:
+            from unetsep.runtime.files import write_text_atomic
+
+            write_text_atomic(Path(args.json), live.report_json(r))
+        return 0
     print(f"live: {r.callbacks} callbacks of {r.blocksize} samples x {r.channels} channels in "
           f"{r.seconds:.1f} s; xruns {r.xruns} ({r.xruns_after_first_second} after the first second); "
           f"callback p50 {r.callback_p50_us:.0f} us, p99 {r.callback_p99_us:.0f} us, max "
           f"{r.callback_max_us:.0f} us; CPU load {r.cpu_load:.0%}; stream latency in/out "
           f"{r.stream_latency_ms[0]:.2f}/{r.stream_latency_ms[1]:.2f} ms + model "
-          f"{r.algorithmic_latency_ms:.2f} ms", file=sys.stderr)
+          f"{r.algorithmic_latency_ms:.2f} ms; peak level in {r.input_peak_dbfs:.1f} dBFS, out "
+          f"{r.output_peak_dbfs:.1f} dBFS", file=sys.stderr)
     if args.json:
-        from pathlib import Path
-
         from unetsep.runtime.files import write_text_atomic
 
         write_text_atomic(Path(args.json), live.report_json(r))
     return 0
 
 
-def _model_paths(paths: list[str] | None) -> list:
-    """--model arguments, or every format in the shipped model's folder."""
-    from pathlib import Path
+def needs_extra(extra: str, *modules: str) -> None:
+    """A one-line UserError naming the extra to install when any of `modules` is missing."""
+    from importlib.util import find_spec
 
-    from unetsep.runtime.backends import default_model_path
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise UserError(f"this needs {', '.join(missing)}, which the base install leaves out; "
+                        f"install the {extra} extra: pip install 'unetsep[{extra}]'")
 
-    if paths:
-        return [Path(p) for p in paths]
+
+def _model_paths(models: list[str] | None, say=print) -> list:
+    """--model arguments (names or files), or every format in the shipped model's folder that this
+    install can run (the .tflite files need the litert extra; skipped, with a note, without it)."""
+    from unetsep.runtime.backends import default_model_path, litert_available, resolve_model
+
+    if models:
+        return [resolve_model(m) for m in models]
     folder = default_model_path().parent
-    return sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".tflite"))
+    paths = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".tflite"))
+    if not litert_available() and any(p.suffix == ".tflite" for p in paths):
+        say("unetsep: LiteRT is not installed: timing the .onnx models only (pip install "
+            "'unetsep[litert]' for the .tflite ones)")
+        paths = [p for p in paths if p.suffix != ".tflite"]
+    return paths
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -268,6 +298,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from unetsep.benchmarks import latency
     from unetsep.runtime.backends import cuda_available, load_model
+    from unetsep.runtime.measures import Timed, time_calls
     from unetsep.runtime.separate import model_name
     from unetsep.runtime.stream import frame_call
 
@@ -276,32 +307,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag, value in (("--json", args.json), ("--plot", args.plot)):
         if value:  # before minutes of timing, not after
             check_writable(value, flag)
-    models = [load_model(p, "cpu", threads=args.threads) for p in _model_paths(args.model)]
+    paths = _model_paths(args.model, say=lambda m: print(m, file=sys.stderr))
+    models = [load_model(p, "cpu", threads=args.threads) for p in paths]
     if cuda_available():
-        models += [load_model(p, "cuda") for p in _model_paths(args.model) if p.suffix == ".onnx"]
+        models += [load_model(p, "cuda") for p in paths if p.suffix == ".onnx"]
     configs = []
     for m in models:
         for b in args.batch:
-            configs.append({"model": model_name(m.path, m.info.target), "backend":
-                            "onnxruntime" if m.path.suffix == ".onnx" else "litert",
-                            "provider": m.provider, "batch": b, "run": frame_call(m, b),
-                            "context": m.info.context})
+            configs.append(Timed(frame_call(m, b), m.info, b, {
+                "model": model_name(m.path, m.info.target), "provider": m.provider,
+                "backend": "onnxruntime" if m.path.suffix == ".onnx" else "litert"}))
     if args.keras:
+        needs_extra("train", "tensorflow")
         _quiet_tensorflow()
         import tensorflow as tf
 
-        from unetsep.export.convert import load_run
+        from unetsep.export.convert import load_run, model_info
 
-        kmodel, _ = load_run(args.keras)
+        kmodel, cfg = load_run(args.keras)
         fn = tf.function(lambda x: kmodel(x, training=False))
         for b in args.batch[:2]:
-            configs.append({"model": "keras", "backend": "keras tf.function", "provider": "tensorflow",
-                            "batch": b, "run": lambda x, fn=fn: fn(x).numpy(), "context": 64})
+            configs.append(Timed(lambda x, fn=fn: fn(x).numpy(), model_info(cfg), b, {
+                "model": "keras", "backend": "keras tf.function", "provider": "tensorflow"}))
     print(f"timing {len(configs)} configurations, {args.frames} frames each, interleaved", file=sys.stderr)
-    results = latency.time_configs(configs, args.frames)
+    results = time_calls(configs, args.frames)
     onnx_models = [m for m in models if m.path.suffix == ".onnx" and "int8" not in m.path.name]
     bound = None
-    if onnx_models:
+    from importlib.util import find_spec
+
+    if onnx_models and find_spec("onnx") is None:  # the bound reads the graph with the onnx package
+        print("unetsep: the onnx package is not installed: no physical bound (pip install "
+              "'unetsep[export]' for it)", file=sys.stderr)
+    elif onnx_models:
         flops, weight_bytes = latency.model_cost(onnx_models[0].path)
         bound = latency.physical_bound(flops, weight_bytes)
         for r in results:
@@ -334,8 +371,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    needs_extra("train", "museval", "musdb")
     from unetsep.benchmarks.quality import evaluate
-    from unetsep.runtime.backends import default_model_path, load_model
+    from unetsep.runtime.backends import default_model_path, load_model, resolve_model
     from unetsep.runtime.files import check_writable
 
     for flag, value in (("--json", args.json), ("--plot", args.plot)):
@@ -343,7 +381,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             check_writable(value, flag)
     # The shipped fp32 model unless --model says otherwise (the help's promise): scoring every
     # shipped format by default put the int8 model's figures in the JSON's model/median_sdr.
-    paths = [Path(p) for p in args.model] if args.model else [default_model_path()]
+    paths = [resolve_model(p) for p in args.model] if args.model else [default_model_path()]
     models = [load_model(p, "cpu", threads=2) for p in paths]
     bar = tqdm(desc="evaluating", unit="track", disable=None)
     res = evaluate(args.data, models, target=args.target, max_tracks=args.tracks, seconds=args.seconds,
@@ -380,10 +418,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    needs_extra("train", "museval", "scipy", "fluidsynth")
     from unetsep import demo
 
     demo.run(out=args.out, model_path=args.model, seconds=args.seconds)
     return 0
+
+
+MODEL_HELP = ("a shipped model's name (default, ...) or a .onnx or .tflite file (default: the shipped "
+              "model 'default')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("separate", help="separate audio files into the target and the rest")
     s.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3, ...)")
-    s.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
+    s.add_argument("--model", "-n", help=MODEL_HELP)
     s.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     s.add_argument("--provider", "-d", default="auto", help="auto (default), cpu or cuda")
     s.add_argument("--threads", type=positive_int, default=2, help="intra-op threads (default 2)")
@@ -455,19 +498,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("live", help="separate live: input device to output device")
     v.add_argument("-l", "--list-devices", action="store_true", help="list audio devices and exit")
-    v.add_argument("--model", "-n", help="a .onnx or .tflite model (default: the shipped model)")
+    v.add_argument("--model", "-n", help=MODEL_HELP)
     v.add_argument("-i", "--input", help="input device (number or name)")
     v.add_argument("-o", "--output", help="output device (number or name)")
     v.add_argument("--channels", "-c", type=positive_int, default=2, help="channels (default 2)")
     v.add_argument("--blocksize", "-b", type=positive_int, default=64, help="samples per callback (default 64)")
-    v.add_argument("--mix", default="drums", help="drums (default), no-drums or blend")
+    v.add_argument("--mix", help="the model's target (default; drums for the shipped model), "
+                   "no-<target> (everything else) or blend (the target over the rest at -12 dB)")
     v.add_argument("--seconds", "-s", type=positive_float, help="stop after S seconds (default: Ctrl-C)")
     v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
     v.add_argument("--json", help="also write the summary as JSON here")
+    v.add_argument("-q", "--quiet", action="store_true",
+                   help="no status line and no summary (for scripts; errors still print; --json still written)")
     v.set_defaults(func=cmd_live)
 
     b = sub.add_parser("bench", help="latency per frame of every model and backend")
-    b.add_argument("--model", "-n", action="append", help="model file (repeat; default: every shipped format)")
+    b.add_argument("--model", "-n", action="append", help="a shipped model's name or a model file (repeat; default: every shipped format)")
     b.add_argument("--frames", type=positive_int, default=10000, help="timed frames per configuration (10000)")
     b.add_argument("--batch", type=positive_int, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
     b.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (1)")
@@ -479,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("evaluate", help="museval SDR of models, the mixture and oracle masks")
     q.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
     q.add_argument("--model", "-n", action="append",
-                   help="model file (repeat to compare; default: the shipped fp32 drums.onnx)")
+                   help="a shipped model's name or a model file (repeat to compare; default: the shipped fp32 drums.onnx)")
     q.add_argument("--target", default="drums")
     q.add_argument("--tracks", type=positive_int, help="score only the first N tracks")
     q.add_argument("--seconds", type=positive_float, help="score only the first S seconds of each track")
@@ -488,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("demo", help="render an unseen song, separate it live-style, score and time it")
-    m.add_argument("--model", "-n", help="model file (default: the shipped model)")
+    m.add_argument("--model", "-n", help=MODEL_HELP)
     m.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     m.add_argument("--seconds", type=positive_float, default=20.0, help="song length (default 20)")
     m.set_defaults(func=cmd_demo)

@@ -22,8 +22,7 @@ def write_wav_atomic(path: Path, audio: np.ndarray, rate: int) -> None:
 def run(out: str = "separated", model_path: str | None = None, seconds: float = 20.0) -> None:
     import soundfile as sf
 
-    from unetsep.benchmarks import latency
-    from unetsep.benchmarks.quality import museval_scores
+    from unetsep.runtime.measures import Timed, deadline_us, mixture_sdr, target_sdr, time_calls
     from unetsep.runtime.backends import open_model
     from unetsep.runtime.separate import model_name
     from unetsep.runtime.stream import frame_call, stream_blocks
@@ -41,23 +40,21 @@ def run(out: str = "separated", model_path: str | None = None, seconds: float = 
         dest.mkdir(parents=True, exist_ok=True)
         write_wav_atomic(dest / "mixture.wav", mix, rate)
 
-    say(f"separating {track.name} ({len(mix) / rate:.0f} s stereo) in 64-sample blocks...")
+    frame = model.info.frame
+    say(f"separating {track.name} ({len(mix) / rate:.0f} s stereo) in {frame}-sample blocks...")
     t = time.perf_counter()
-    est = stream_blocks(model, mix)
+    est = stream_blocks(model, mix, frame)
     took = time.perf_counter() - t
     write_wav_atomic(dest / f"{model.info.target}.wav", est, rate)
     write_wav_atomic(dest / f"no_{model.info.target}.wav", mix - est, rate)
 
-    refs = np.stack([drums, mix - drums])
-    sdr = museval_scores(refs, np.stack([est, mix - est]), rate)["sdr"]
-    base = museval_scores(refs, np.stack([mix, mix]), rate)["sdr"]
-    res = latency.time_configs([{"model": "m", "backend": "", "provider": model.provider, "batch": b,
-                                 "run": frame_call(model, b), "context": model.info.context} for b in (1, 2)],
-                               5000)
-    print(f"drums SDR {sdr:.2f} dB (the mixture itself scores {base:.2f} dB; museval v4, median over 1 s)")
-    for r in res:
+    sdr = target_sdr(mix, drums, est, rate)["sdr"]
+    base = mixture_sdr(mix, drums, rate)["sdr"]  # the mixture as the estimate of both: the floor
+    print(f"{model.info.target} SDR {sdr:.2f} dB (the mixture itself scores {base:.2f} dB; museval v4, "
+          f"median over 1 s)")
+    for r in time_calls([Timed(frame_call(model, b), model.info, b) for b in (1, 2)], 5000):
         print(f"per-frame latency, batch {r['batch']} ({'mono' if r['batch'] == 1 else 'stereo'}): "
-              f"p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us (deadline 1451 us)")
+              f"p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us (deadline {deadline_us(model.info):.0f} us)")
     print(f"streamed {len(mix) / rate:.0f} s in {took:.1f} s ({len(mix) / rate / took:.0f}x real time, "
-          f"one block of 64 samples at a time)")
+          f"one block of {frame} samples at a time)")
     print(f"stems written to {dest}/ ({model.info.target}.wav, no_{model.info.target}.wav, mixture.wav)")

@@ -1,7 +1,14 @@
-"""`unetsep export RUN_DIR --out MODEL_DIR`: every format, each checked against Keras.
+"""`unetsep export RUN_DIR --out MODEL_DIR`: every format, each checked against Keras, in stages:
 
-MODEL_DIR is built in a temporary sibling folder and renamed into place at the end, so a failure
-leaves an existing MODEL_DIR as it was.
+    convert ──► check ──► decide ──► report ──► swap
+    (all formats   (each format on   (its kind's   (report.json   (the temporary folder
+     into a temp    the check audio:  rule: pass     and .md)       renamed over MODEL_DIR)
+     folder)        error, SNR, SDR,  or the reason)
+                    p50)
+
+The formats and the rule that decides each are one table (FORMATS, STREAM_FORMATS). MODEL_DIR is
+built in a temporary sibling folder and renamed into place at the end, so a failure leaves an
+existing MODEL_DIR as it was.
 """
 from __future__ import annotations
 
@@ -15,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..benchmarks.latency import time_configs
-from ..benchmarks.quality import museval_scores
 from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
+from ..runtime.contract import ModelInfo
 from ..runtime.errors import UserError
+from ..runtime.measures import snr_db, target_sdr, time_model
 from ..runtime.separate import estimate, separate_array
-from ..runtime.stream import frame_call, stream_blocks
+from ..runtime.stream import stream_blocks
 from .convert import load_run, model_info, ort_int8, stream_calibration, tf2onnx_raw, tflite_variants
 from .lean import build_lean_onnx
 from .lean_stream import build_lean_stream_onnx
@@ -37,12 +44,12 @@ class Thresholds:
     min_int8_snr: float = 3.0
 
 
-# suffix -> the check that applies to it
-KINDS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
-         "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
+# File suffix -> kind (the rule in RULES that decides it). Frame (seed) models:
+FORMATS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
+           "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
 # Streaming (contract v2) models: ONNX with explicit state. (LiteRT with external state is not
 # exported yet: the runtime refuses a version-2 .tflite.)
-STREAM_KINDS = {"onnx": "float32", "int8.onnx": "int8"}
+STREAM_FORMATS = {"onnx": "float32", "int8.onnx": "int8"}
 
 
 @dataclass
@@ -131,10 +138,33 @@ def keras_estimate(model, cfg, mix: np.ndarray) -> np.ndarray:
     return y.T.astype(np.float32)
 
 
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """10*log10(reference energy / error energy); inf when identical."""
-    err = np.sum((reference.astype(np.float64) - estimate) ** 2)
-    return float("inf") if err == 0 else float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / err))
+def _float32_rule(row: "Row", th: Thresholds) -> str:
+    if not row.max_abs_error <= th.max_error:
+        return f"max error {row.max_abs_error:.2e} > {th.max_error:g}"
+    if not (row.max_abs_error_hop or 0.0) <= th.max_error:
+        return f"max error streamed hop by hop {row.max_abs_error_hop:.2e} > {th.max_error:g}"
+    return ""
+
+
+def _float16_rule(row: "Row", th: Thresholds) -> str:
+    return "" if row.snr_db >= th.min_snr else f"SNR {row.snr_db:.1f} dB < {th.min_snr:g} dB"
+
+
+def _int8_rule(row: "Row", th: Thresholds) -> str:
+    if not row.delta_sdr >= -th.max_sdr_drop:
+        return f"SDR {row.delta_sdr:+.2f} dB below Keras (limit {th.max_sdr_drop:g})"
+    if not row.snr_db >= th.min_int8_snr:
+        return f"output SNR {row.snr_db:.1f} dB < {th.min_int8_snr:g} dB"
+    return ""
+
+
+# kind -> the rule deciding a checked row: "" passes, else the reason it fails.
+RULES = {"float32": _float32_rule, "float16": _float16_rule, "int8": _int8_rule}
+
+
+def decide(row: "Row", thresholds: Thresholds) -> str:
+    """The decide stage: the reason `row` fails its kind's rule, or "" when it passes."""
+    return RULES[row.kind](row, thresholds)
 
 
 def _node_counts(proto) -> tuple[int, dict]:
@@ -142,12 +172,102 @@ def _node_counts(proto) -> tuple[int, dict]:
     return len(proto.graph.node), dict(sorted(ops.items(), key=lambda kv: -kv[1]))
 
 
+@dataclass
+class CheckAudio:
+    """What every format is checked on: `mix` and `target` (samples, channels), whole frames of
+    validation audio, Keras' estimate `ref` of the target (aligned) and its SDR."""
+    mix: np.ndarray
+    target: np.ndarray
+    ref: np.ndarray
+    keras_sdr: float
+    rate: int
+    frame: int
+    streaming: bool
+
+    def sdr(self, estimate: np.ndarray) -> float:
+        return target_sdr(self.mix, self.target, estimate, self.rate)["sdr"]
+
+
+def p50_us(m) -> float:
+    """Median microseconds of one batch-1 call (1 thread), as `unetsep bench` times it."""
+    return time_model(m, batch=1, frames=1000, warmup=100)["p50_us"]
+
+
+def converter_output(model, cfg, info, audio: CheckAudio, tmp: Path, progress) -> list[dict]:
+    """tf2onnx's raw graphs (dynamic batch and batch 1), measured for the report, not shipped."""
+    import onnx
+
+    raw_rows = []
+    for batch, label in (() if cfg.streaming else
+                         ((None, "tf2onnx (dynamic batch)"), (1, "tf2onnx (batch 1)"))):
+        proto = tf2onnx_raw(model, cfg, info, batch=batch)
+        path = tmp / f"raw{batch or ''}.onnx"
+        onnx.save(proto, str(path))
+        m = OrtModel(path)
+        nodes, ops = _node_counts(proto)
+        y = estimate(m, audio.mix) if batch is None else None
+        raw_rows.append({"format": label, "nodes": nodes, "nodes_by_op": ops,
+                         "max_abs_error": None if y is None else float(np.abs(y - audio.ref).max()),
+                         "p50_us": p50_us(m)})
+        path.unlink()
+        progress(f"{label}: {nodes} nodes, {raw_rows[-1]['p50_us']:.0f} us/frame (not shipped)")
+    return raw_rows
+
+
+def convert(model, cfg, info: ModelInfo, calib: np.ndarray, tmp: Path, progress) -> ModelInfo:
+    """The convert stage: write every format of the table into `tmp` (<target>.<suffix>, with the
+    JSON metadata beside each .tflite); returns the info the files carry (a streaming model's
+    gains its states)."""
+    import onnx
+
+    stem = info.target
+    if cfg.streaming:
+        lean, info = build_lean_stream_onnx(model, cfg, info)
+        onnx.save(lean, str(tmp / f"{stem}.onnx"))
+        calib = stream_calibration(tmp / f"{stem}.onnx", calib, info)
+    else:
+        onnx.save(build_lean_onnx(model, cfg, info), str(tmp / f"{stem}.onnx"))
+    ort_int8(tmp / f"{stem}.onnx", calib, info, tmp / f"{stem}.int8.onnx")
+    if not cfg.streaming:
+        for suffix, blob in tflite_variants(model, cfg, calib).items():
+            (tmp / f"{stem}.{suffix}").write_bytes(blob)
+            metadata_path(tmp / f"{stem}.{suffix}").write_text(info.to_json())
+    else:
+        progress("LiteRT formats: not exported for streaming models yet (ONNX only)")
+    return info
+
+
+def check(path: Path, suffix: str, kind: str, audio: CheckAudio) -> Row:
+    """The check stage for one format: its estimate of the check audio as `unetsep separate`
+    computes it (and hop by hop for a streaming model) against Keras: error, SNR, SDR, p50."""
+    import onnx
+
+    m = OrtModel(path) if suffix.endswith("onnx") else LiteRTModel(path)
+    y = estimate(m, audio.mix)
+    row = Row(format=suffix, file=path.name, kind=kind, size_bytes=path.stat().st_size)
+    if suffix.endswith("onnx"):
+        row.nodes, row.nodes_by_op = _node_counts(onnx.load(str(path)))
+    row.max_abs_error = float(np.abs(y - audio.ref).max())
+    if audio.streaming:
+        # The same model one hop per call, as live audio runs it, against Keras.
+        row.max_abs_error_hop = float(np.abs(stream_blocks(m, audio.mix, audio.frame) - audio.ref).max())
+    row.snr_db = snr_db(audio.ref, y)
+    row.sdr = audio.sdr(y)
+    row.delta_sdr = row.sdr - audio.keras_sdr
+    row.p50_us = p50_us(m)
+    return row
+
+
+def write_report(tmp: Path, report: dict) -> None:
+    """The report stage: report.json (for tools) and report.md (for people) into `tmp`."""
+    (tmp / "report.json").write_text(json.dumps(report, indent=2))
+    (tmp / "report.md").write_text(report_md(report))
+
+
 def export(run_dir: str, out: str, data: str | None = None, thresholds: Thresholds = Thresholds(),
            allow_degraded: bool = False, calibration_gain: float = 1.0,
            check_seconds: float = 30.0, progress=print) -> tuple[Path, list[Row], bool]:
-    """Convert, check and write; returns (MODEL_DIR, rows, all passed)."""
-    import onnx
-
+    """Convert, check, decide, report and swap; returns (MODEL_DIR, rows, all passed)."""
     model, cfg = load_run(run_dir)
     info = model_info(cfg)
     data = data or cfg.extra.get("data")
@@ -169,85 +289,18 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
         mix_c, target_c = mix[:n], target[:n]  # whole frames, (samples, channels)
         progress(f"checking on {seconds:.0f} s of validation audio ({n // cfg.frame * mix.shape[1]:,} "
                  f"frames, both channels)")
-
-        def separate(m) -> np.ndarray:
-            """The target estimate of model `m` for the check audio, as `unetsep separate` computes
-            it (long calls of many hops for a streaming model)."""
-            return estimate(m, mix_c)
-
-        def sdr(estimate: np.ndarray) -> float:
-            return museval_scores(np.stack([target_c, mix_c - target_c]),
-                                  np.stack([estimate, mix_c - estimate]), cfg.sample_rate)["sdr"]
-
-        def p50_us(m) -> float:
-            """Median microseconds of one batch-1 call (1 thread), as `unetsep bench` times it."""
-            return time_configs([{"model": "", "backend": "", "provider": "", "batch": 1,
-                                  "run": frame_call(m, 1), "context": cfg.context}],
-                                frames=1000, warmup=100)[0]["p50_us"]
-
         ref = keras_estimate(model, cfg, mix_c)
-        keras_sdr = sdr(ref)
-        progress(f"keras: drums SDR {keras_sdr:.2f} dB")
-        stem = info.target
+        audio = CheckAudio(mix_c, target_c, ref, 0.0, cfg.sample_rate, cfg.frame, cfg.streaming)
+        audio.keras_sdr = audio.sdr(ref)
+        progress(f"keras: {info.target} SDR {audio.keras_sdr:.2f} dB")
+
+        raw_rows = converter_output(model, cfg, info, audio, tmp, progress)
+        info = convert(model, cfg, info, calib, tmp, progress)
         rows: list[Row] = []
-
-        # The converter's raw output: measured for the report, not shipped.
-        raw_rows = []
-        for batch, label in (() if cfg.streaming else
-                             ((None, "tf2onnx (dynamic batch)"), (1, "tf2onnx (batch 1)"))):
-            proto = tf2onnx_raw(model, cfg, info, batch=batch)
-            path = tmp / f"raw{batch or ''}.onnx"
-            onnx.save(proto, str(path))
-            m = OrtModel(path)
-            nodes, ops = _node_counts(proto)
-            y = separate(m) if batch is None else None
-            raw_rows.append({"format": label, "nodes": nodes, "nodes_by_op": ops,
-                             "max_abs_error": None if y is None else float(np.abs(y - ref).max()),
-                             "p50_us": p50_us(m)})
-            path.unlink()
-            progress(f"{label}: {nodes} nodes, {raw_rows[-1]['p50_us']:.0f} us/frame (not shipped)")
-
-        if cfg.streaming:
-            lean, info = build_lean_stream_onnx(model, cfg, info)
-            onnx.save(lean, str(tmp / f"{stem}.onnx"))
-            calib = stream_calibration(tmp / f"{stem}.onnx", calib, info)
-        else:
-            onnx.save(build_lean_onnx(model, cfg, info), str(tmp / f"{stem}.onnx"))
-        ort_int8(tmp / f"{stem}.onnx", calib, info, tmp / f"{stem}.int8.onnx")
-        if not cfg.streaming:
-            for suffix, blob in tflite_variants(model, cfg, calib).items():
-                (tmp / f"{stem}.{suffix}").write_bytes(blob)
-                metadata_path(tmp / f"{stem}.{suffix}").write_text(info.to_json())
-        else:
-            progress("LiteRT formats: not exported for streaming models yet (ONNX only)")
-
-        for suffix, kind in (STREAM_KINDS if cfg.streaming else KINDS).items():
-            path = tmp / f"{stem}.{suffix}"
-            m = OrtModel(path) if suffix.endswith("onnx") else LiteRTModel(path)
-            y = separate(m)
-            row = Row(format=suffix, file=path.name, kind=kind, size_bytes=path.stat().st_size)
-            if suffix.endswith("onnx"):
-                row.nodes, row.nodes_by_op = _node_counts(onnx.load(str(path)))
-            row.max_abs_error = float(np.abs(y - ref).max())
-            if cfg.streaming:
-                # The same model one hop per call, as live audio runs it, against Keras.
-                row.max_abs_error_hop = float(np.abs(stream_blocks(m, mix_c, cfg.frame) - ref).max())
-            row.snr_db = snr_db(ref, y)
-            row.sdr = sdr(y)
-            row.delta_sdr = row.sdr - keras_sdr
-            row.p50_us = p50_us(m)
-            del m
-            if kind == "float32" and not row.max_abs_error <= thresholds.max_error:
-                row.reason = f"max error {row.max_abs_error:.2e} > {thresholds.max_error:g}"
-            elif kind == "float32" and not (row.max_abs_error_hop or 0.0) <= thresholds.max_error:
-                row.reason = (f"max error streamed hop by hop {row.max_abs_error_hop:.2e} > "
-                              f"{thresholds.max_error:g}")
-            elif kind == "float16" and not row.snr_db >= thresholds.min_snr:
-                row.reason = f"SNR {row.snr_db:.1f} dB < {thresholds.min_snr:g} dB"
-            elif kind == "int8" and not row.delta_sdr >= -thresholds.max_sdr_drop:
-                row.reason = f"SDR {row.delta_sdr:+.2f} dB below Keras (limit {thresholds.max_sdr_drop:g})"
-            elif kind == "int8" and not row.snr_db >= thresholds.min_int8_snr:
-                row.reason = f"output SNR {row.snr_db:.1f} dB < {thresholds.min_int8_snr:g} dB"
+        for suffix, kind in (STREAM_FORMATS if cfg.streaming else FORMATS).items():
+            path = tmp / f"{info.target}.{suffix}"
+            row = check(path, suffix, kind, audio)
+            row.reason = decide(row, thresholds)
             row.written = not row.reason or allow_degraded
             if not row.written:
                 path.unlink()
@@ -262,16 +315,15 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
                         if row.reason else ""))
 
         passed = all(not r.reason for r in rows)
-        report = {"run": str(Path(run_dir).resolve()), "data": str(data), "check_seconds": seconds,
-                  "keras_sdr": keras_sdr, "thresholds": asdict(thresholds), "passed": passed,
-                  "info": json.loads(info.to_json()), "converter_output": raw_rows,
-                  "formats": [asdict(r) for r in rows]}
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        (tmp / "report.md").write_text(report_md(report))
+        write_report(tmp, {"run": str(Path(run_dir).resolve()), "data": str(data),
+                           "check_seconds": seconds, "keras_sdr": audio.keras_sdr,
+                           "thresholds": asdict(thresholds), "passed": passed,
+                           "info": json.loads(info.to_json()), "converter_output": raw_rows,
+                           "formats": [asdict(r) for r in rows]})
         if not passed and not allow_degraded:
             # Nothing is written: MODEL_DIR stays as it was; the error lists each failure.
             raise ExportFailed(rows, tmp)
-        _replace_dir(tmp, out)
+        swap(tmp, out)
         return out, rows, passed
     except BaseException:
         if tmp.exists():
@@ -286,8 +338,9 @@ class ExportFailed(UserError):
                          f"rerun with --allow-degraded to keep them, or loosen the threshold flags")
 
 
-def _replace_dir(new: Path, out: Path) -> None:
-    """Put `new` at `out`; an existing `out` is moved aside first and removed only afterwards."""
+def swap(new: Path, out: Path) -> None:
+    """The swap stage: put `new` at `out`; an existing `out` is moved aside first and removed only
+    afterwards."""
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
