@@ -215,9 +215,11 @@ def frame_call(model, batch: int):
     return run
 
 
-def stream_blocks(model, audio: np.ndarray, block: int = 64) -> np.ndarray:
-    """Feed `audio` (samples, channels) through the streaming engine in `block`-sample blocks, as
-    the live path does; returns the estimate aligned with the input, (samples, channels)."""
+def stream_blocks(model, audio: np.ndarray, block: int | None = None) -> np.ndarray:
+    """Feed `audio` (samples, channels) through the streaming engine in `block`-sample blocks (one
+    frame by default), as the live path does; returns the estimate aligned with the input,
+    (samples, channels)."""
+    block = block or model.info.frame
     engine = StreamEngine(model, channels=audio.shape[1], max_block=block)
     lat = engine.latency
     padded = np.concatenate([audio, np.zeros((lat + block, audio.shape[1]), np.float32)])

@@ -2,8 +2,8 @@
 
 TensorFlow's CPU kernels for Conv1DTranspose and for the convolution gradients
 (Conv2DBackpropInput/Filter) crawl at the U-Net's deepest shapes (1-4 samples, 256-512 channels):
-below 1 GFLOP/s. The same arithmetic written as im2col (pad, stack the k shifted views, one einsum
-with the kernel) runs on the matmul kernels, forward and backward.
+below 1 GFLOP/s. The same arithmetic written as im2col (pad, stack the k shifted views, one 2-D
+matmul with the kernel) runs on the matmul kernels, forward and backward.
 
 These classes subclass the Keras layers and only replace `call`: the weights, their shapes
 ((k, in, out) for Conv1D, (k, out, in) for Conv1DTranspose), the config and the layer type in the

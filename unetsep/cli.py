@@ -241,7 +241,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         sys.stderr.write("\r" + line)
         sys.stderr.flush()
 
-    r = live.run_live(model, channels=args.channels, blocksize=args.blocksize, mix=args.mix,
+    r = live.run_live(model, channels=args.channels, blocksize=args.blocksize or model.info.frame, mix=args.mix,
                       device_in=args.input, device_out=args.output, seconds=args.seconds,
                       status=show if on_terminal else None)
     if on_terminal:
@@ -502,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-i", "--input", help="input device (number or name)")
     v.add_argument("-o", "--output", help="output device (number or name)")
     v.add_argument("--channels", "-c", type=positive_int, default=2, help="channels (default 2)")
-    v.add_argument("--blocksize", "-b", type=positive_int, default=64, help="samples per callback (default 64)")
+    v.add_argument("--blocksize", "-b", type=positive_int,
+                   help="samples per callback (default: the model's frame, 64 for the shipped one)")
     v.add_argument("--mix", help="the model's target (default; drums for the shipped model), "
                    "no-<target> (everything else) or blend (the target over the rest at -12 dB)")
     v.add_argument("--seconds", "-s", type=positive_float, help="stop after S seconds (default: Ctrl-C)")

@@ -1,0 +1,103 @@
+"""Latency per frame on onnxruntime's CUDA provider, the way a live callback would use it.
+
+    python -m unetsep.benchmarks.cuda_latency [--model M.onnx ...] [--frames 5000] [--json out.json]
+
+Every tensor lives on the GPU and is bound once with IOBinding; each call copies one frame (or
+one hop) of audio host -> device, runs, and copies the estimate back (what live audio needs).
+A streaming (version 2) model's states stay on the GPU, ping-ponging between two bound sets.
+Stateless (version 1) models are also timed with a captured CUDA graph. Long file-mode calls
+(T = 2048 hops, stereo) give the throughput. Needs onnxruntime-gpu and a CUDA device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _session(path: Path, graph: bool = False):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    opts = {"enable_cuda_graph": "1"} if graph else {}
+    return ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", opts)])
+
+
+def time_hops(path: Path, info, channels: int, hops: int, calls: int, graph: bool = False) -> dict:
+    """Per-call microseconds of `hops` hops x `channels` streams, copies included."""
+    import onnxruntime as ort
+
+    sess = _session(path, graph)
+    width = info.context if not info.streaming else hops * info.frame
+    x_host = (np.random.default_rng(0).standard_normal((channels, width, 1)) * 0.1).astype(np.float32)
+    out_len = info.frame if not info.streaming else hops * info.frame
+    dev = lambda a: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)  # noqa: E731
+    x, y = dev(x_host), dev(np.zeros((channels, out_len, 1), np.float32))
+    sets = [{s.input: dev(np.zeros((channels, *s.shape), np.float32)) for s in info.states}
+            for _ in range(2)]
+    bindings = []
+    for parity in (0, 1) if info.streaming else (0,):
+        b = sess.io_binding()
+        b.bind_ortvalue_input(info.input_name, x)
+        b.bind_ortvalue_output(info.output_name, y)
+        for s in info.states:
+            b.bind_ortvalue_input(s.input, sets[parity][s.input])
+            b.bind_ortvalue_output(s.output, sets[1 - parity][s.input])
+        bindings.append(b)
+    times = np.empty(calls)
+    for i in range(calls + 50):  # 50 warm-up calls (graph capture included)
+        t = time.perf_counter()
+        x.update_inplace(x_host)
+        b = bindings[i % len(bindings)]
+        sess.run_with_iobinding(b)
+        y.numpy()  # device -> host: the estimate the callback would play
+        if i >= 50:
+            times[i - 50] = time.perf_counter() - t
+    us = times * 1e6
+    return {"model": path.name, "channels": channels, "hops": hops, "cuda_graph": graph,
+            "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
+            "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
+            "seconds_per_second": float(hops * info.frame / info.sample_rate / (np.median(times)))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import onnxruntime as ort
+
+    from ..runtime.backends import OrtModel, default_model_path
+
+    p = argparse.ArgumentParser(prog="python -m unetsep.benchmarks.cuda_latency",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--model", nargs="+", help="ONNX models (default: the shipped one)")
+    p.add_argument("--frames", type=int, default=5000)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}", flush=True)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        print("cuda_latency: error: this onnxruntime has no CUDA provider; install onnxruntime-gpu "
+              "(the gpu extra)", file=sys.stderr)
+        return 2
+    rows = []
+    for path in [Path(m) for m in (args.model or [default_model_path()])]:
+        info = OrtModel(path).info
+        configs = [(1, 1, False), (2, 1, False)]
+        configs += [(2, 2048, False)] if info.streaming else [(1, 1, True), (2, 1, True), (4096, 1, False)]
+        for channels, hops, graph in configs:
+            try:
+                r = time_hops(path, info, channels, hops, args.frames if hops == 1 else 50, graph)
+            except Exception as e:  # a provider that cannot capture this graph: say so, go on
+                r = {"model": path.name, "channels": channels, "hops": hops, "cuda_graph": graph,
+                     "error": str(e).splitlines()[0][:160]}
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
