@@ -66,6 +66,17 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
+    def model(self, name: str, info: ModelInfo, producer: str, inputs: list, outputs: list
+              ) -> onnx.ModelProto:
+        """The checked ONNX model of these nodes, with `info` as its metadata."""
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.inits)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name=producer)
+        proto.ir_version = 8
+        helper.set_model_props(proto, info.to_metadata())
+        onnx.checker.check_model(proto)
+        return proto
+
 
 def dense_is_smaller(l_in: int, l_out: int, kernel: int, factor: float = 2.0) -> bool:
     """Use a Gemm when its matrix is at most `factor` times the conv kernel (L_in*L_out vs k taps)."""
@@ -137,14 +148,6 @@ def build_lean_onnx(model, cfg, info: ModelInfo, dense_factor: float = 2.0) -> o
         "Reshape", [x, g.const("shape", np.array([-1, cfg.frame, 1], np.int64))], [info.output_name],
         name="nlc"))
 
-    graph = helper.make_graph(
-        g.nodes, f"unetsep_{cfg.preset}",
-        [helper.make_tensor_value_info(info.input_name, TensorProto.FLOAT, ["batch", cfg.context, 1])],
-        [helper.make_tensor_value_info(info.output_name, TensorProto.FLOAT, ["batch", cfg.frame, 1])],
-        initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="unetsep.export.lean")
-    proto.ir_version = 8
-    helper.set_model_props(proto, info.to_metadata())
-    onnx.checker.check_model(proto)
-    return proto
+    return g.model(f"unetsep_{cfg.preset}", info, "unetsep.export.lean",
+                   [helper.make_tensor_value_info(info.input_name, TensorProto.FLOAT, ["batch", cfg.context, 1])],
+                   [helper.make_tensor_value_info(info.output_name, TensorProto.FLOAT, ["batch", cfg.frame, 1])])

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..runtime.contract import STREAMING_VERSION, ModelInfo, StateSpec
-from .lean import OPSET, _bn_scale_shift, _Graph
+from .lean import _bn_scale_shift, _Graph
 
 
 def build_lean_stream_onnx(model, cfg, info: ModelInfo) -> tuple[onnx.ModelProto, ModelInfo]:
@@ -124,16 +124,10 @@ def build_lean_stream_onnx(model, cfg, info: ModelInfo) -> tuple[onnx.ModelProto
 
     info = ModelInfo(**{**{k: getattr(info, k) for k in info.__dataclass_fields__},
                         "version": STREAMING_VERSION, "lookahead": cfg.lookahead, "states": tuple(states)})
-    graph = helper.make_graph(
-        g.nodes, f"unetsep_{cfg.preset}",
+    proto = g.model(
+        f"unetsep_{cfg.preset}", info, "unetsep.export.lean_stream",
         [helper.make_tensor_value_info(info.input_name, TensorProto.FLOAT, ["batch", "samples", 1]),
          *state_inputs],
         [helper.make_tensor_value_info(info.output_name, TensorProto.FLOAT, ["batch", "samples", 1]),
-         *state_outputs],
-        initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="unetsep.export.lean_stream")
-    proto.ir_version = 8
-    helper.set_model_props(proto, info.to_metadata())
-    onnx.checker.check_model(proto)
+         *state_outputs])
     return proto, info
