@@ -11,9 +11,26 @@ import numpy as np
 from ..runtime.contract import FRAME
 
 
-def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float = 1.0) -> dict:
+def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float = 1.0,
+                   rates: tuple[float, float] | None = None) -> dict:
     """This core's float32 GEMM rate (onnxruntime MatMul, 1 thread) and memory read bandwidth
-    (numpy sum over 256 MB), and the resulting lower bound per frame."""
+    (numpy sum over 256 MB), and the resulting lower bound per frame. `rates` (GFLOP/s, GB/s)
+    measured before skips the measuring."""
+    if rates:
+        gflops, gbs = rates
+    else:
+        gflops, gbs = machine_rates(seconds)
+    compute_us = flops_per_frame / (gflops * 1e9) * 1e6
+    memory_us = weight_bytes / (gbs * 1e9) * 1e6
+    return {"gemm_gflops": gflops, "memory_gbs": gbs, "flops_per_frame": flops_per_frame,
+            "weight_bytes": weight_bytes, "compute_bound_us": compute_us,
+            "memory_bound_us": memory_us, "bound_us": compute_us,
+            "note": "bound = FLOPs / GEMM rate: the weights (a few MB) stay in this CPU's cache "
+                    "between frames, so streaming them from DRAM (memory_bound_us) is not a floor"}
+
+
+def machine_rates(seconds: float = 1.0) -> tuple[float, float]:
+    """(GEMM GFLOP/s on one core through onnxruntime, memory read GB/s through numpy)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -38,13 +55,7 @@ def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float =
     for _ in range(3):
         big.sum()
     gbs = 3 * big.nbytes / (time.perf_counter() - t) / 1e9
-    compute_us = flops_per_frame / (gflops * 1e9) * 1e6
-    memory_us = weight_bytes / (gbs * 1e9) * 1e6
-    return {"gemm_gflops": gflops, "memory_gbs": gbs, "flops_per_frame": flops_per_frame,
-            "weight_bytes": weight_bytes, "compute_bound_us": compute_us,
-            "memory_bound_us": memory_us, "bound_us": compute_us,
-            "note": "bound = FLOPs / GEMM rate: the weights (a few MB) stay in this CPU's cache "
-                    "between frames, so streaming them from DRAM (memory_bound_us) is not a floor"}
+    return gflops, gbs
 
 
 def model_cost(onnx_path) -> tuple[float, float]:

@@ -339,20 +339,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("unetsep: the onnx package is not installed: no physical bound (pip install "
               "'unetsep[export]' for it)", file=sys.stderr)
     elif onnx_models:
-        flops, weight_bytes = latency.model_cost(onnx_models[0].path)
-        bound = latency.physical_bound(flops, weight_bytes)
+        # The machine's rates are measured once; each float model gets the bound of its own graph
+        # (a model with no arithmetic, e.g. an identity floor, has none).
+        bounds = {}
+        for m in onnx_models:
+            flops, weight_bytes = latency.model_cost(m.path)
+            if flops > 0:
+                b = latency.physical_bound(flops, weight_bytes, **(
+                    {"rates": (bound["gemm_gflops"], bound["memory_gbs"])} if bound else {}))
+                bounds[model_name(m.path, m.info.target)] = b
+                bound = bound or b
         for r in results:
-            r["x_bound"] = r["p50_us_per_frame"] / bound["bound_us"]
+            b = bounds.get(r["model"]) or bounds.get(r["model"].removesuffix("-int8"))
+            if b:
+                r["x_bound"] = r["p50_us_per_frame"] / b["bound_us"]
     print(f"{'model':22s} {'backend':12s} {'batch':>5s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} "
           f"{'max':>8s} {'us/frame':>9s} {'misses':>6s} {'x bound':>7s}")
     for r in results:
         print(f"{r['model']:22s} {r['backend']:12s} {r['batch']:5d} {r['p50_us']:8.0f} {r['p99_us']:8.0f} "
               f"{r['p999_us']:8.0f} {r['max_us']:8.0f} {r['p50_us_per_frame']:9.1f} "
               f"{r['deadline_misses']:6d} {r.get('x_bound', float('nan')):7.1f}")
-    if bound:
-        print(f"bound: {bound['flops_per_frame'] / 1e6:.2f} MFLOP and {bound['weight_bytes'] / 1e6:.2f} MB "
-              f"per frame; GEMM {bound['gemm_gflops']:.1f} GFLOP/s, memory {bound['memory_gbs']:.1f} GB/s "
-              f"-> {bound['compute_bound_us']:.1f} us/frame compute bound ({bound['memory_bound_us']:.1f} "
+    for name, b in (bounds.items() if bound else ()):
+        print(f"bound {name}: {b['flops_per_frame'] / 1e6:.2f} MFLOP and {b['weight_bytes'] / 1e6:.2f} MB "
+              f"per frame; GEMM {b['gemm_gflops']:.1f} GFLOP/s, memory {b['memory_gbs']:.1f} GB/s "
+              f"-> {b['compute_bound_us']:.1f} us/frame compute bound ({b['memory_bound_us']:.1f} "
               f"us if the weights came from DRAM each frame)")
     if args.plot:
         latency.plot_cdf(results, args.plot)
@@ -360,7 +370,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from unetsep.runtime.files import write_text_atomic
 
         clean = [{k: v for k, v in r.items() if k != "times_us"} for r in results]
-        write_text_atomic(Path(args.json), json.dumps({"results": clean, "bound": bound,
+        write_text_atomic(Path(args.json), json.dumps({"results": clean, "bound": bound, "bounds": bounds if bound else {},
                                                        "threads": args.threads}, indent=2))
     return 0
 
