@@ -7,8 +7,9 @@
 
 The output is the input delayed by exactly the model's latency (`frame` samples plus any
 declared lookahead): output sample t is the model's estimate for input sample t - latency.
-Every buffer is allocated in the constructor (for version 2, per number of hops up to
-EAGER_HOPS; longer file-mode calls allocate theirs on first use); `process` only copies.
+Every buffer is allocated in the constructor (for version 2, per number of hops a block of up to
+EAGER_BLOCK samples can bring; longer file-mode calls allocate theirs on first use); `process`
+only copies.
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ class Runner:
         return self.y[batch]
 
 
-EAGER_HOPS = 65  # hops per call prepared up front: a 4096-sample block plus a partial frame
+# Calls prepared up front: every hop count a block of up to this many samples can make ready
+# (live blocks); longer file-mode calls prepare theirs on first use.
+EAGER_BLOCK = 4096
 
 
 class StatefulRunner:
@@ -133,7 +136,8 @@ class StreamEngine:
         self.latency = info.latency
         self.max_frames = -(-max_block // self.frame) + 1
         if info.streaming:
-            self.runner = StatefulRunner(model, channels, list(range(1, min(self.max_frames, EAGER_HOPS) + 1)))
+            eager = min(self.max_frames, -(-EAGER_BLOCK // self.frame) + 1)
+            self.runner = StatefulRunner(model, channels, list(range(1, eager + 1)))
         else:
             self.runner = Runner(model, [channels * k for k in range(1, self.max_frames + 1)])
         # Input ring: `history` past samples, then up to max_frames frames of pending input.
@@ -183,7 +187,7 @@ class StreamEngine:
         """The model on the `ready` whole frames at the front of the ring -> (channels, ready*frame)."""
         if isinstance(self.runner, StatefulRunner):
             # One call, all channels as the batch, the frames in sequence; state carries on.
-            self.runner.prepare(ready)  # a no-op up to EAGER_HOPS (all a live block needs)
+            self.runner.prepare(ready)  # a no-op for live blocks (prepared up front)
             self.runner.x[ready][:, :, 0] = self.inbuf[:, :ready * self.frame]
             return self.runner(ready)[:, :, 0]
         batch = self.channels * ready
