@@ -402,11 +402,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for r in res["rows"]:
         print(r["name"][:24].ljust(24) + "".join(f"{r['scores'][m]['sdr']:15.2f}" for m in methods))
     print("median SDR".ljust(24) + "".join(f"{res['median'][m]['sdr']:15.2f}" for m in methods))
+    for label, g in res["groups"].items():  # a rendered dataset's in-kit and held-out-kit songs
+        print(f"  {label} ({g['tracks']})".ljust(24) + "".join(f"{g['median'][m]['sdr']:15.2f}" for m in methods))
     model = methods[0]
     if args.json:
         from unetsep.runtime.files import write_text_atomic
 
         out = {"target": res["target"], "median_sdr": res["median"][model]["sdr"], "model": model,
+               "groups": res["groups"],
                "tracks": [{"name": r["name"], "sdr": r["scores"][model]["sdr"], "scores": r["scores"]}
                           for r in res["rows"]], "median": res["median"], "data": res["data"]}
         write_text_atomic(Path(args.json), json.dumps(out, indent=2))
