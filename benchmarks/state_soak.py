@@ -5,7 +5,8 @@
 
 The audio (files end to end, looped to `seconds`) is streamed one hop per call, as live audio runs
 it, and every 10 s window reports the input and output level (dBFS RMS), the output relative to
-the input, and the norm of the carried state. A causal model trained only on zero-padded chunks
+the input, and the norm of the carried state at the window's end (all of it, and the recurrent
+memory alone). Loop one song to compare the same music early and late. A causal model trained only on zero-padded chunks
 is reported to decay to silence within seconds of such streaming; a healthy one keeps its
 output-to-input ratio and state norm steady from window to window.
 """
@@ -43,9 +44,13 @@ def soak(model, audio: np.ndarray, seconds: float) -> list[dict]:
         if (n + 1) % per_window == 0:
             samples = per_window * frame * channels
             norm = np.sqrt(sum(float(np.sum(v ** 2)) for v in runner.state.values()))
+            # The recurrent memory alone (the conv caches only hold the last few samples heard).
+            mem = np.sqrt(sum(float(np.sum(runner.state[s.input] ** 2)) for s in info.states
+                              if s.name == "memory"))
             rin, rout = (10 * np.log10(acc[k] / samples + 1e-20) for k in ("in", "out"))
             rows.append({"end_s": (n + 1) * frame / info.sample_rate, "input_dbfs": rin,
-                         "output_dbfs": rout, "output_vs_input_db": rout - rin, "state_norm": norm})
+                         "output_dbfs": rout, "output_vs_input_db": rout - rin, "state_norm": norm,
+                         "memory_norm": mem})
             acc = {"in": 0.0, "out": 0.0, "state": 0.0}
     return rows
 
@@ -71,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError) as e:
         print(f"state_soak: error: {e}", file=sys.stderr)
         return 2
-    print(f"{'until':>6s} {'input dBFS':>11s} {'output dBFS':>12s} {'out-in dB':>10s} {'state norm':>11s}")
+    print(f"{'until':>6s} {'input dBFS':>11s} {'output dBFS':>12s} {'out-in dB':>10s} {'state norm':>11s} "
+          f"{'memory norm':>12s}")
     for r in rows:
         print(f"{r['end_s']:5.0f}s {r['input_dbfs']:11.1f} {r['output_dbfs']:12.1f} "
-              f"{r['output_vs_input_db']:10.2f} {r['state_norm']:11.2f}")
+              f"{r['output_vs_input_db']:10.2f} {r['state_norm']:11.2f} {r['memory_norm']:12.2f}")
     ratio = [r["output_vs_input_db"] for r in rows[1:]]
-    norms = [r["state_norm"] for r in rows[1:]]
+    mems = [r["memory_norm"] for r in rows[1:]]
     if ratio:
         print(f"after the first window: output-to-input ratio {min(ratio):.2f}..{max(ratio):.2f} dB, "
-              f"state norm {min(norms):.2f}..{max(norms):.2f}")
+              f"memory norm {min(mems):.2f}..{max(mems):.2f}")
     if args.json:
         write_text_atomic(Path(args.json), json.dumps({"model": str(model.path), "rows": rows}, indent=2))
     return 0
