@@ -60,6 +60,21 @@ def stream_model(stream_exported):
     return load_model(stream_exported / "drums.onnx")
 
 
+def test_stream_run_logs_the_all_zero_estimate(stream_run):
+    """Every epoch's losses stand next to the loss of an all-zero estimate on the same data."""
+    import csv
+
+    rows = list(csv.DictReader(open(stream_run / "history.csv")))
+    assert len(rows) == 2
+    for r in rows:
+        zero, val_zero = float(r["zero_estimate"]), float(r["val_zero_estimate"])
+        assert np.isfinite([float(r["loss"]), float(r["val_loss"]), zero, val_zero]).all()
+        assert zero > 0 and val_zero > 0
+    cfg = json.loads((stream_run / "config.json").read_text())
+    assert cfg["streaming"] and cfg["extra"]["augment"] is True
+    assert (stream_run / "best.keras").is_file()
+
+
 def test_stream_model_declares_contract_v2(stream_model):
     info = stream_model.info
     assert info.version == 2 and info.streaming and info.lookahead == 0

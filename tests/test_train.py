@@ -69,6 +69,7 @@ def test_sigkill_then_same_command_resumes(dataset, tmp_path):
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert (run / "model.keras").is_file()
+    assert (run / "best.keras").is_file()  # the lowest validation loss's epoch, kept apart
 
 
 def test_mirrored_strategy_on_two_logical_cpus(dataset, tmp_path):

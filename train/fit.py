@@ -5,6 +5,7 @@ A run directory holds:
     history.csv            epoch, train MAE, validation MAE, seconds, frames/s
     loss.png               train and validation MAE per epoch
     checkpoint/epoch-NNNN.keras   the last finished epoch (model + optimizer state)
+    best.keras             the epoch with the lowest validation loss so far (history says which)
     model.keras            the trained model, written when the last epoch is done
 
 Every file is written to a temporary name and renamed, so a SIGKILL leaves the previous epoch's
@@ -155,6 +156,9 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
             for old in (target / CHECKPOINTS).glob("epoch-*.keras"):
                 if old != ckpt:
                     old.unlink()
+            # Validation can turn up while training loss still falls: keep the best epoch too.
+            if row["val_loss"] <= min(r["val_loss"] for r in rows):
+                write_atomic(target / "best.keras", lambda p: self.model.save(p))
 
     return RunRecorder()
 
