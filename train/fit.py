@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ from .model import UNetConfig, build_unet, compile_unet, preset
 CHECKPOINTS = "checkpoint"
 # zero_estimate: the loss of an all-zero estimate on the same data; a loss sitting there means the
 # model has learned silence. frames_per_s counts 64-sample hops of one channel.
-HISTORY_FIELDS = ("epoch", "loss", "zero_estimate", "val_loss", "val_zero_estimate", "seconds",
+HISTORY_FIELDS = ("epoch", "lr", "loss", "zero_estimate", "val_loss", "val_zero_estimate", "seconds",
                   "frames_per_s")
 SILENT_RATIO = 0.95  # validation loss above this fraction of the zero estimate's: warn
 # Fields that must match for a run directory to be resumed with a new command line.
@@ -133,7 +134,8 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
 
         def on_epoch_end(self, epoch, logs=None):
             dt = time.perf_counter() - self.t0
-            row = {"epoch": epoch + 1, "loss": float(logs["loss"]),
+            row = {"epoch": epoch + 1, "lr": float(self.model.optimizer.learning_rate.numpy()),
+                   "loss": float(logs["loss"]),
                    "zero_estimate": float(logs["zero_estimate"]), "val_loss": float(logs["val_loss"]),
                    "val_zero_estimate": float(logs["val_zero_estimate"]),
                    "seconds": round(dt, 2), "frames_per_s": round(frames_per_epoch / dt, 1)}
@@ -163,6 +165,15 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
     return RunRecorder()
 
 
+def epoch_learning_rate(cfg: UNetConfig, epoch: int) -> float:
+    """The learning rate of 0-based `epoch`: constant, or a cosine from cfg.learning_rate at the
+    first epoch to cfg.lr_final at the last (cfg.epochs - 1)."""
+    if cfg.lr_final is None or cfg.epochs < 2:
+        return cfg.learning_rate
+    t = min(1.0, epoch / (cfg.epochs - 1))
+    return cfg.lr_final + (cfg.learning_rate - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def _check_resumable(run: Path, cfg: UNetConfig) -> None:
     old = UNetConfig.from_json((run / "config.json").read_text())
     diff = [k for k in RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
@@ -174,7 +185,7 @@ def _check_resumable(run: Path, cfg: UNetConfig) -> None:
 def train(data: str | Path, out: str | Path, target: str = "drums", preset_name: str = "seed",
           epochs: int | None = None, batch_size: int | None = None, steps: int | None = None,
           strategy: str = "default", seed: int = 0, stock_layers: bool = False,
-          augment: bool = True) -> Path:
+          augment: bool = True, lr_final: float | None = None) -> Path:
     """Train (or resume) a run in `out`; returns the path of the trained model.keras."""
     import keras
 
@@ -182,7 +193,7 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
                           validation_segments)
 
     run = Path(out)
-    cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size)
+    cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size, lr_final=lr_final)
     # The CLI rejects these at parse time; callers of this function get the same guard, since
     # Keras hangs on a negative steps_per_epoch and 0 epochs would save an untrained model.
     for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--steps", steps)):
@@ -209,7 +220,9 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
         raise UserError(f"cannot create {run}: {e.strerror}; choose another --out") from None
     if (run / "config.json").is_file():
         _check_resumable(run, cfg)
-    elif chief:
+    # Written on resume too: a resumed run may extend --epochs or add a --lr-final tail, and the
+    # run folder must say what it was trained with (history.csv has each epoch's rate).
+    if chief:
         write_atomic(run / "config.json", lambda p: p.write_text(cfg.to_json()))
 
     keras.utils.set_random_seed(seed)
@@ -247,10 +260,14 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
           f"{cfg.batch_size} {unit} per epoch, {dist.num_replicas_in_sync} replica"
           f"{'s' if dist.num_replicas_in_sync > 1 else ''}", flush=True)
     recorder = _make_recorder(run, rows, steps * frames_per_batch, cfg.epochs, chief)
+    callbacks = [recorder]
+    if cfg.lr_final is not None:
+        callbacks.insert(0, keras.callbacks.LearningRateScheduler(
+            lambda epoch: epoch_learning_rate(cfg, epoch)))
     model.fit(ds, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
               validation_data=(xv, yv),
               validation_batch_size=cfg.batch_size if cfg.streaming else max(cfg.batch_size, 2048),
-              callbacks=[recorder], shuffle=False,  # the tf.data pipeline shuffles
+              callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stderr.isatty() else 0)
     if chief:
         write_atomic(run / "model.keras", lambda p: model.save(p))

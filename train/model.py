@@ -28,6 +28,8 @@ class UNetConfig:
     dropout: float = 0.5
     dropout_after: tuple[int, ...] = (0, 2)  # decoder steps (0 = first upsampling) with dropout
     learning_rate: float = 1e-3
+    # Learning rate of the last epoch: a cosine by epoch from learning_rate down to it (None: constant).
+    lr_final: float | None = None
     batch_size: int = 512  # frames (seed) or segments (streaming presets)
     epochs: int = 40
     # Streaming U-Net (contract v2): causal across hops, state carried between calls.

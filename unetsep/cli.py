@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     path = fit.train(args.data, args.out, target=args.target, preset_name=args.preset,
                      epochs=args.epochs, batch_size=args.batch_size, steps=args.steps,
                      strategy=args.strategy, seed=args.seed, stock_layers=args.stock_layers,
-                     augment=not args.no_augment)
+                     augment=not args.no_augment, lr_final=args.lr_final)
     print(f"trained model: {path}")
 
 
@@ -469,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=positive_int, help="epochs (default: the preset's, 40)")
     t.add_argument("--batch-size", type=positive_int, help="frames per batch (default 512)")
     t.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass over the data)")
+    t.add_argument("--lr-final", type=positive_float, metavar="LR",
+                   help="learning rate of the last epoch, reached by a cosine from the preset's "
+                        "(default: constant); may be added when resuming a run with more --epochs")
     t.add_argument("--out", default="runs/default", help="run directory (default runs/default); "
                    "an interrupted run there resumes")
     t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
