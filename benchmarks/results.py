@@ -38,7 +38,7 @@ def machine() -> str:
 
 def tried(report: dict) -> str:
     """What was tried for speed, with the figures read from the shipped model's export report."""
-    raw = {r["format"]: r for r in report["converter_output"]}
+    raw = {r["format"]: r for r in report.get("converter_output", [])}
     fmt = {r["format"]: r for r in report["formats"]}
     dyn, static = raw.get("tf2onnx (dynamic batch)"), raw.get("tf2onnx (batch 1)")
     lean = fmt["onnx"]

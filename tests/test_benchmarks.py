@@ -59,7 +59,7 @@ def test_known_cases(dataset):
 def test_results_quote_the_export_report():
     from unetsep.benchmarks.results import tried
 
-    report = json.loads((Path(__file__).resolve().parent.parent / "models" / "default" / "report.json").read_text())
+    report = json.loads((Path(__file__).resolve().parent.parent / "models" / "seed" / "report.json").read_text())
     text = tried(report)
     lean = [f for f in report["formats"] if f["format"] == "onnx"][0]
     assert f"lean {lean['nodes']}-node graph" in text and f"{lean['p50_us']:.0f} us" in text

@@ -1,4 +1,5 @@
-"""The shipped default model: loads, carries its contract, separates through the real CLI."""
+"""The shipped models: the default (streaming, contract v2) and the seed (frame by frame, v1) load,
+carry their contracts and separate through the real CLI."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import soundfile as sf
 from conftest import unetsep
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "default"
+SEED = SHIPPED.with_name("seed")
 
 
 def test_shipped_model_and_card():
@@ -17,10 +19,18 @@ def test_shipped_model_and_card():
 
     assert default_model_path() == SHIPPED / "drums.onnx"
     m = load_model(default_model_path())
-    assert (m.info.frame, m.info.sample_rate, m.info.target, m.info.preset) == (64, 44100, "drums", "seed")
+    assert (m.info.frame, m.info.sample_rate, m.info.target, m.info.preset) == (64, 44100, "drums", "stream")
+    assert m.info.streaming and m.info.states and m.info.lookahead == 0
+    seed = load_model(SEED / "drums.onnx")
+    assert seed.info.preset == "seed" and not seed.info.streaming
+    for folder in (SHIPPED, SEED):
+        report = json.loads((folder / "report.json").read_text())
+        assert report["passed"] and all(not r["reason"] for r in report["formats"] if r["written"])
+        assert (folder / "MODEL.md").is_file()
+    # Every format the default's report says it wrote ships beside it (the seed's card names the
+    # ones it leaves out).
     report = json.loads((SHIPPED / "report.json").read_text())
-    assert all(not r["reason"] for r in report["formats"] if r["written"])
-    assert (SHIPPED / "MODEL.md").is_file()
+    assert all((SHIPPED / f"drums.{r['format']}").is_file() for r in report["formats"] if r["written"])
 
 
 def test_separate_with_the_shipped_model(song, tmp_path):
@@ -43,10 +53,11 @@ def test_demo(tmp_path):
 def test_models_by_name(tmp_path):
     from unetsep.runtime.backends import resolve_model, shipped_models
 
-    assert "default" in shipped_models()
+    assert {"default", "seed"} <= set(shipped_models())
+    assert resolve_model("seed") == SEED / "drums.onnx"
     assert resolve_model("default") == SHIPPED / "drums.onnx"
     assert resolve_model(None) == SHIPPED / "drums.onnx"
     proc = unetsep("bench", "--model", "nosuch", "--frames", 10, check=False)
-    assert proc.returncode == 2 and "no shipped model named 'nosuch' (shipped: default" in proc.stderr
+    assert proc.returncode == 2 and "no shipped model named 'nosuch' (shipped: default, seed" in proc.stderr
     proc = unetsep("bench", "--model", "default", "--frames", 50, "--batch", 1)
     assert "default" in proc.stdout
