@@ -1,7 +1,8 @@
 """Regenerate benchmarks/RESULTS.md: latency of every shipped format (and Keras when a run is
 given) and, with --data, separation quality on that dataset's test split.
 
-    python -m unetsep.benchmarks.results [--data DIR] [--keras RUN_DIR] [--tracks N]
+    python -m unetsep.benchmarks.results [--data DIR] [--keras RUN_DIR] [--tracks N] [--seconds S]
+        [--evaluation E.json] [--live L.json ...] [--level LEVEL.json ...] [--bands BANDS.json]
 """
 from __future__ import annotations
 
@@ -37,69 +38,84 @@ def machine() -> str:
 
 
 def tried(report: dict) -> str:
-    """What was tried for speed, with the figures read from the shipped model's export report."""
+    """What was tried for speed, with the figures read from a shipped model's export report."""
     raw = {r["format"]: r for r in report.get("converter_output", [])}
     fmt = {r["format"]: r for r in report["formats"]}
     dyn, static = raw.get("tf2onnx (dynamic batch)"), raw.get("tf2onnx (batch 1)")
     lean = fmt["onnx"]
     lite = [f"{s} {fmt[s]['p50_us']:.0f} us" for s in ("tflite", "fp16.tflite", "int8.tflite") if s in fmt]
-    parts = ["Tried, with figures from the shipped model's export report (p50 per frame, batch 1, "
-             "1 thread, measured at export):"]
+    parts = [f"Tried for the {report['info']['preset']} model, with figures from its export report "
+             "(p50 per frame, batch 1, 1 thread, measured at export):"]
     if dyn and static:
         parts.append(f"tf2onnx's output ({dyn['nodes']} nodes dynamic, {dyn['p50_us']:.0f} us; "
                      f"{static['nodes']} static, {static['p50_us']:.0f} us);")
-    parts.append(f"the lean {lean['nodes']}-node graph (BN folded, Gemm for the length-1/2 layers: this "
-                 f"is what ships), {lean['p50_us']:.0f} us;")
+    parts.append(f"the lean {lean['nodes']}-node graph built from the weights (this is what ships), "
+                 f"{lean['p50_us']:.0f} us;")
     if "int8.onnx" in fmt:
         parts.append(f"onnxruntime static QDQ int8, {fmt['int8.onnx']['p50_us']:.0f} us;")
     if lite:
         parts.append(f"LiteRT with XNNPACK: {', '.join(lite)}.")
-    parts.append("Not tried yet: sub-pixel Conv for the remaining ConvTranspose, NCHWc layouts, a "
-                 "per-op profile.")
     return " ".join(parts)
+
+
+def _bench(cli: list[str], models: list[str], frames: int, out: Path, batches=None, plot=None) -> list[dict]:
+    cmd = ["bench", "--frames", str(frames), "--json", str(out)] + [a for m in models for a in ("--model", m)]
+    cmd += ["--batch", *map(str, batches)] if batches else []
+    cmd += ["--plot", str(plot)] if plot else []
+    subprocess.run(cli + cmd, check=True)
+    return json.loads(out.read_text())
+
+
+def _sdr_cell(e: dict, group: str | None, method: str) -> str:
+    med = e["median"] if group is None else e.get("groups", {}).get(group, {}).get("median", {})
+    return f"{med[method]['sdr']:.2f}" if method in med else "-"
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="dataset for `unetsep evaluate` (its test split)")
-    p.add_argument("--keras", help="run directory: add the Keras reference to the latency table")
+    p.add_argument("--keras", help="run directory of the default model: add Keras to the latency table")
     p.add_argument("--tracks", type=int, help="evaluate only the first N test tracks")
     p.add_argument("--seconds", type=float, help="evaluate only the first S seconds of each track")
     p.add_argument("--frames", type=int, default=10000)
-    p.add_argument("--live", help="a `unetsep live --json` file to quote in the speed goals")
+    p.add_argument("--live", nargs="+", default=[],
+                   help="`unetsep live --json` files to quote in the speed goals (e.g. the default "
+                        "model's and the identity floor's)")
     p.add_argument("--evaluation", help="reuse this `unetsep evaluate --json` file instead of rerunning it")
+    p.add_argument("--level", nargs="+", default=[],
+                   help="`python -m unetsep.benchmarks.level --json` files to quote")
+    p.add_argument("--bands", help="a `python -m unetsep.benchmarks.bands --json` file to quote")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp())
     cli = [sys.executable, "-m", "unetsep.cli"]
-    bench_cmd = ["bench", "--frames", str(args.frames), "--json", str(tmp / "b.json"),
-                 "--plot", str(HERE / "latency.png")]
-    subprocess.run(cli + bench_cmd, check=True)
-    b = json.loads((tmp / "b.json").read_text())
+    default = shipped_model("default")
+    seed = shipped_model("seed")
+    shipped = [str(x) for x in sorted(default.parent.glob("*.onnx"))] + [str(seed)]
+    b = _bench(cli, shipped, args.frames, tmp / "b.json", plot=HERE / "latency.png")
     # The live case runs one model alone: interleaving with other models evicts its weights from
-    # the cache between calls, so time the default model by itself too.
-    default = str(shipped_model("default"))
-    subprocess.run(cli + ["bench", "--model", default, "--batch", "1", "2", "--frames",
-                          str(2 * args.frames), "--json", str(tmp / "alone.json")], check=True)
-    for r in json.loads((tmp / "alone.json").read_text())["results"]:
-        r["model"] += " (alone)"
-        b["results"].append(r)
+    # the cache between calls, so time each float32 model by itself too, one after the other.
+    for name, path in (("default", default), ("seed", seed)):
+        for r in _bench(cli, [str(path)], 2 * args.frames, tmp / f"{name}-alone.json", [1, 2])["results"]:
+            r["model"] += " (alone)"
+            b["results"].append(r)
     if args.keras:
         # Keras is timed in its own process: TensorFlow's spinning thread pools and cache traffic
         # would otherwise slow the runtimes it is interleaved with.
-        model = default
-        subprocess.run(cli + ["bench", "--model", model, "--keras", args.keras, "--batch", "1", "2",
+        subprocess.run(cli + ["bench", "--model", str(default), "--keras", args.keras, "--batch", "1", "2",
                               "--frames", str(min(args.frames, 3000)), "--json", str(tmp / "k.json")],
                        check=True)
         b["results"] += [r for r in json.loads((tmp / "k.json").read_text())["results"]
                          if r["model"] == "keras"]
     deadline = min(r["deadline_us"] for r in b["results"])  # one period of the shipped model
-    frame = json.loads(Path(shipped_model("default")).with_name("report.json").read_text())["info"]["frame"]
+    frame = json.loads(default.with_name("report.json").read_text())["info"]["frame"]
     lines = ["# Results", "", f"Generated {datetime.date.today()} on {machine()} by "
              f"`python -m unetsep.benchmarks.results {' '.join(argv or sys.argv[1:])}`.", "",
              "## Latency per call (`unetsep bench`, 1 intra-op thread, interleaved)", "",
-             f"`unetsep {' '.join(bench_cmd[:3])}`; at least {args.frames} frames per configuration. "
-             f"Batch 1 = mono live, 2 = stereo live (one {frame}-sample period each), 256 = file mode "
-             f"(128 stereo frames). Deadline: {deadline:.0f} us per period.", "",
+             f"`unetsep bench --frames {args.frames} --model` (the shipped default's formats and the "
+             f"seed); at least {args.frames} frames per configuration. Batch 1 = mono live, 2 = stereo "
+             f"live (one {frame}-sample period each; the streaming default carries its state from call "
+             f"to call), 256 = file mode (128 stereo frames). Deadline: {deadline:.0f} us per period. "
+             f"`default` is the streaming model (preset `stream`), `seed` the frame-by-frame one.", "",
              "| model | backend | batch | p50 us | p99 us | p99.9 us | max us | us/frame p50 | "
              "deadline misses | x bound | stereo s/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in b["results"]:
@@ -108,54 +124,91 @@ def main(argv=None) -> None:
                      f"{r['p999_us']:.0f} | {r['max_us']:.0f} | {r['p50_us_per_frame']:.1f} | "
                      f"{r['deadline_misses']} / {r['calls']} | {r.get('x_bound', float('nan')):.1f} | "
                      f"{'-' if sps is None else f'{sps:.0f}'} |")
-    bd = b.get("bound")
-    if bd:
-        lines += ["", f"Physical bound (same run): {bd['flops_per_frame'] / 1e6:.2f} MFLOP and "
+    bounds = b.get("bounds") or ({"default": b["bound"]} if b.get("bound") else {})
+    for name, bd in bounds.items():
+        lines += ["", f"Physical bound of {name} (same run): "
+                  f"{bd['flops_per_frame'] / 1e6:.2f} MFLOP and "
                   f"{bd['weight_bytes'] / 1e6:.2f} MB of float32 weights per frame; this core's float32 "
                   f"GEMM {bd['gemm_gflops']:.1f} GFLOP/s and memory read {bd['memory_gbs']:.1f} GB/s give "
                   f"{bd['compute_bound_us']:.1f} us (compute) and {bd['memory_bound_us']:.1f} us (weights "
-                  f"from DRAM) per frame; x bound = p50 per frame / {bd['bound_us']:.1f} us.",
-                  "", "![latency CDF](latency.png)"]
-    alone = {r["batch"]: r for r in b["results"] if r["model"].endswith("(alone)")}
-    if 1 in alone and 2 in alone:
-        def verdict(value, goal):
-            return f"{value:.0f} us (goal <= {goal}: {'met' if value <= goal else 'NOT met'})"
+                  f"from DRAM) per frame."]
+    lines += ["", "x bound = p50 per frame / that model's compute bound.", "", "![latency CDF](latency.png)"]
 
-        lines += ["", "## Speed goals (issue 6), default float32 ONNX alone, 1 thread", "",
-                  f"- mono frame p50 {verdict(alone[1]['p50_us'], 250)}, p99.9 "
-                  f"{verdict(alone[1]['p999_us'], 600)}",
-                  f"- stereo frame (batch 2) p99.9 {verdict(alone[2]['p999_us'], 1000)}",
-                  f"- float32 ONNX p50 {verdict(alone[1]['p50_us'], 500)}",
-                  f"- file mode, batch 256, 1 thread: "
-                  f"{[r for r in b['results'] if r['model'] == 'default' and r['batch'] == 256][0]['stereo_seconds_per_second']:.1f}"
-                  " s of stereo audio per second (`unetsep separate` uses 2 threads)"]
-        if args.live:
-            lv = json.loads(Path(args.live).read_text())
-            lines.append(f"- `unetsep live` stereo, 64-sample period, {lv['seconds']:.0f} s on the JACK dummy "
-                         f"driver: {lv['callbacks']} callbacks, {lv.get('xruns_after_first_second', lv['xruns'])} "
-                         f"xruns after the first second (goal 0: "
-                         f"{'met' if lv.get('xruns_after_first_second', lv['xruns']) == 0 else 'NOT met'}), "
-                         f"callback p99 {lv.get('callback_p99_us', 0):.0f} us, max {lv.get('callback_max_us', 0):.0f} us")
-        lines += ["", tried(json.loads(Path(default).with_name("report.json").read_text()))]
+    def verdict(value, goal):
+        return f"{value:.0f} us (goal <= {goal}: {'met' if value <= goal else 'NOT met'})"
+
+    lines += ["", "## Speed goals, each float32 ONNX alone, 1 thread", ""]
+    for name in ("default", "seed"):
+        alone = {r["batch"]: r for r in b["results"] if r["model"] == f"{name} (alone)"}
+        if 1 in alone and 2 in alone:
+            lines += [f"- {name}: mono frame p50 {verdict(alone[1]['p50_us'], 250)}, p99.9 "
+                      f"{verdict(alone[1]['p999_us'], 600)}; stereo frame (batch 2) p50 "
+                      f"{alone[2]['p50_us']:.0f} us, p99.9 {verdict(alone[2]['p999_us'], 1000)}"]
+    files = {r["model"]: r for r in b["results"] if r["batch"] == 256}
+    for name in ("default", "seed"):
+        if name in files:
+            lines.append(f"- {name}, file mode, batch 256, 1 thread: "
+                         f"{files[name]['stereo_seconds_per_second']:.1f} s of stereo audio per second "
+                         f"(`unetsep separate` uses 2 threads)")
+    for path in args.live:
+        lv = json.loads(Path(path).read_text())
+        after = lv.get("xruns_after_first_second", lv["xruns"])
+        lines.append(f"- `unetsep live` stereo with `{Path(lv.get('model', path)).name}`, "
+                     f"{lv.get('frames_per_period', frame)}-sample period, {lv['seconds']:.0f} s on the JACK "
+                     f"dummy driver: {lv['callbacks']} callbacks, {after} xruns after the first second "
+                     f"(goal 0: {'met' if after == 0 else 'NOT met'}), callback p99 "
+                     f"{lv.get('callback_p99_us', 0):.0f} us, max {lv.get('callback_max_us', 0):.0f} us")
+    for name, path in (("default", default), ("seed", seed)):
+        lines += ["", tried(json.loads(path.with_name("report.json").read_text()))]
     if args.data:
         ev_cmd = ["evaluate", "--data", args.data, "--json", str(tmp / "e.json"),
-                  "--plot", str(HERE / "sdr.png")] + (["--tracks", str(args.tracks)] if args.tracks else []) \
+                  "--plot", str(HERE / "sdr.png"), "--model", str(default), "--model", str(seed)] \
+            + (["--tracks", str(args.tracks)] if args.tracks else []) \
             + (["--seconds", str(args.seconds)] if args.seconds else [])
         if args.evaluation:
             e = json.loads(Path(args.evaluation).read_text())
         else:
             subprocess.run(cli + ev_cmd, check=True)
             e = json.loads((tmp / "e.json").read_text())
+        groups = list(e.get("groups", {}))
         lines += ["", f"## Separation quality (`unetsep evaluate --data {args.data}`)", "",
                   f"{e['target']} on {len(e['tracks'])} test tracks"
-                  + (f" (first {args.seconds:g} s of each)" if args.seconds else "") + "; museval v4, median over 1 s frames, "
-                  "then over tracks.", "", "| method | SDR | SIR | SAR |", "|---|---|---|---|"]
-        for m, s in e["median"].items():
-            lines.append(f"| {m} | {s['sdr']:.2f} | {s['sir']:.2f} | {s['sar']:.2f} |")
+                  + (f" (first {args.seconds:g} s of each)" if args.seconds else "")
+                  + "; museval v4, median over 1 s frames, then over tracks. "
+                  + ("In-kit songs use drum kits and sound sets the training songs use; held-out songs "
+                     "use ones no training song uses." if groups else ""), "",
+                  "| method | SDR | SIR | SAR |" + "".join(f" SDR {g} |" for g in groups),
+                  "|---|---|---|---|" + "---|" * len(groups)]
+        for m, sc in e["median"].items():
+            lines.append(f"| {m} | {sc['sdr']:.2f} | {sc['sir']:.2f} | {sc['sar']:.2f} |"
+                         + "".join(f" {_sdr_cell(e, g, m)} |" for g in groups))
         lines += ["", "![SDR per track](sdr.png)"]
+    if args.level:
+        lines += ["", "## Level invariance (`python -m unetsep.benchmarks.level`)", "",
+                  "Median drums SDR with the whole song played at each gain (goal: spread <= 0.5 dB).", ""]
+        for path in args.level:
+            lv = json.loads(Path(path).read_text())
+            lines.append(f"- {lv['model']}: " + ", ".join(f"{g:+g} dB: {s:.2f}" for g, s in
+                                                           zip(lv["gains_db"], lv["median_sdr"]))
+                         + f"; spread {lv['spread_db']:.2f} dB")
+    if args.bands:
+        bd = json.loads(Path(args.bands).read_text())
+        names = [k for k in bd if isinstance(bd[k], dict) and "pumping_db" in bd[k]]
+        bands = [x[2] for x in bd["bands_hz"]]
+        lines += ["", "## What the errors sound like (`python -m unetsep.benchmarks.bands`)", "",
+                  f"Median over {len(bd['tracks'])} test tracks: per band, the estimate's level against "
+                  "the true drums (below 0: drums lost), the SDR in the band, and how much of the rest "
+                  "is kept (bleed); pumping = spread of the no-drums output's level against the true "
+                  "rest over 20 ms windows.", "",
+                  "| model | " + " | ".join(f"{x} level / SDR / bleed" for x in bands) + " | pumping dB |",
+                  "|---|" + "---|" * (len(bands) + 1)]
+        for n in names:
+            pump = bd[n]["pumping_db"]
+            lines.append(f"| {n} | " + " | ".join(
+                f"{bd[n][x]['level_db']:.1f} / {bd[n][x]['sdr_db']:.1f} / {bd[n][x]['bleed_db']:.1f}"
+                for x in bands) + f" | {'-' if pump is None else f'{pump:.2f}'} |")
     write_text_atomic(HERE / "RESULTS.md", "\n".join(lines) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
-
 
 if __name__ == "__main__":
     main()
