@@ -8,7 +8,8 @@ APT_PACKAGES=(ffmpeg fluidsynth fluid-soundfont-gm libportaudio2 libsndfile1 jac
 # --train-data: recorded drum kits and more sound sets for 'unetsep data' (train/SOUNDS.md).
 if [[ ${1:-} == --train-data ]]; then
   APT_PACKAGES+=(hydrogen-drumkits avldrums.lv2-soundfont musescore-general-soundfont-lossless
-                 timgm6mb-soundfont fluid-soundfont-gs sonic-pi-samples)
+                 timgm6mb-soundfont fluid-soundfont-gs sonic-pi-samples csound-soundfont
+                 opl3-soundfont)
 fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import soundfile as sf
@@ -9,8 +10,10 @@ import soundfile as sf
 from conftest import unetsep
 from unetsep.runtime.contract import SAMPLE_RATE, TARGETS
 from unetsep.train.augment import augment_stems, augmented_excerpts
+from unetsep.train.compose import BASS_PROGRAMS, HARMONY_PROGRAMS, VOICE_PROGRAMS
 from unetsep.train.dataset import open_db
-from unetsep.train.render import heldout_tracks
+from unetsep.train.kits import SOUNDSETS, SoundSet, find_kits, find_soundsets, sf2_presets
+from unetsep.train.render import _new_synth, heldout_tracks
 
 FLUID = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 KIT_XML = """<drumkit_info><name>tiny</name><instrumentList>{}</instrumentList></drumkit_info>"""
@@ -57,6 +60,41 @@ def test_renders_a_hydrogen_kit_and_an_sf2_kit(tmp_path):
                    "--soundfonts", FLUID, "--workers", 1)
     assert "kits: 1" in proc.stdout
     _check_sum(tmp_path / "s")
+
+
+def _sf2_skeleton(path, presets):
+    """A SoundFont with preset headers only (no samples): enough for sf2_presets and find_kits."""
+    def chunk(cid, data):
+        return cid + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1)
+    phdr = b"".join(struct.pack("<20sHHHIII", name.encode(), prog, bank, 0, 0, 0, 0)
+                    for bank, prog, name in [*((b, p, f"p{b}-{p}") for b, p in presets), (0, 0, "EOP")])
+    body = b"sfbk" + chunk(b"LIST", b"INFO" + chunk(b"ifil", struct.pack("<HH", 2, 1))) + \
+        chunk(b"LIST", b"sdta" + chunk(b"smpl", b"\0" * 92)) + \
+        chunk(b"LIST", b"pdta" + chunk(b"phdr", phdr))
+    path.write_bytes(chunk(b"RIFF", body))
+    return path
+
+
+def test_a_sound_sets_gm_kits_are_those_its_sf2_defines(tmp_path):
+    # Like OPL-3_FM_128M, which has the standard kit only: no kit names that would play preset 0.
+    presets = {(0, 0), (0, 33), (128, 0), (128, 25)}
+    path = _sf2_skeleton(tmp_path / "two.sf2", sorted(presets))
+    assert sf2_presets(str(path)) == presets
+    kits = [k.name for k in find_kits([SoundSet("two", str(path))]) if k.name.startswith("two:")]
+    assert kits == ["two:standard", "two:tr808"]
+    assert sf2_presets(str(tmp_path / "none.sf2")) is None
+
+
+def test_installed_sound_sets_load_and_define_every_program_the_songs_use():
+    sets = find_soundsets()
+    assert "FluidR3_GM" in [s.name for s in sets] and set(SOUNDSETS) >= {s.name for s in sets}
+    need = {(0, p) for p in (*BASS_PROGRAMS, *HARMONY_PROGRAMS, *VOICE_PROGRAMS)} | {(128, 0)}
+    for s in sets:
+        have = sf2_presets(s.path) or set()
+        assert need <= have, f"{s.name} lacks {sorted(need - have)}"
+        fs, sfid = _new_synth(s.path, SAMPLE_RATE)  # FluidSynth loads it (samples on demand)
+        fs.delete()
+        assert sfid >= 0
 
 
 def test_missing_kit_package_is_a_one_line_error(tmp_path):

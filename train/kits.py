@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,12 +32,16 @@ SONIC_PI_DIR = "/usr/share/sonic-pi/samples"
 TRAIN_DATA_FIX = "or ./scripts/setup.sh --train-data for all of them"
 
 # name -> (file names, Debian package). FluidR3_GS.sf2 (fluid-soundfont-gs) only adds GS variation
-# presets to FluidR3_GM, so it is not a sound set of its own.
+# presets to FluidR3_GM, so it is not a sound set of its own. sf_GMbank is csound's small sampled
+# GM/GS bank (an EMU8000-era set); OPL-3_FM_128M plays every GM program as Yamaha OPL3 FM synthesis,
+# with one drum kit (standard) only.
 SOUNDSETS = {
     "FluidR3_GM": (("FluidR3_GM.sf2",), "fluid-soundfont-gm"),
     "MuseScore_General": (("MuseScore_General_Full.sf2", "MuseScore_General.sf2",
                            "MuseScore_General.sf3"), "musescore-general-soundfont-lossless"),
     "TimGM6mb": (("TimGM6mb.sf2",), "timgm6mb-soundfont"),
+    "sf_GMbank": (("sf_GMbank.sf2",), "csound-soundfont"),
+    "OPL-3_FM_128M": (("OPL-3_FM_128M.sf2",), "opl3-soundfont"),
 }
 # General MIDI drum kits: bank 128 presets of a GM sound set.
 GM_KITS = {0: "standard", 8: "room", 16: "power", 24: "electronic", 25: "tr808", 32: "jazz",
@@ -84,9 +89,42 @@ def find_soundsets() -> list[SoundSet]:
     return found
 
 
+@lru_cache(maxsize=None)
+def sf2_presets(path: str) -> frozenset[tuple[int, int]] | None:
+    """The (bank, program) presets a SoundFont defines, read from its preset headers (pdta/phdr)
+    without loading any samples; None if the file cannot be read that way (e.g. an .sf3)."""
+    try:
+        with open(path, "rb") as f:
+            riff, size, form = struct.unpack("<4sI4s", f.read(12))
+            if riff != b"RIFF" or form != b"sfbk":
+                return None
+            while f.tell() < size + 8:
+                cid, csize = struct.unpack("<4sI", f.read(8))
+                if cid == b"LIST" and f.read(4) == b"pdta":
+                    end = f.tell() + csize - 4
+                    while f.tell() < end:
+                        sid, ssize = struct.unpack("<4sI", f.read(8))
+                        if sid == b"phdr":
+                            data = f.read(ssize)
+                            # 38-byte records: name[20], preset, bank, ...; the last one is "EOP".
+                            return frozenset(struct.unpack_from("<HH", data, i + 20)[::-1]
+                                             for i in range(0, len(data) - 38, 38))
+                        f.seek(ssize + (ssize & 1), 1)
+                    return None
+                f.seek(csize + (csize & 1) - (4 if cid == b"LIST" else 0), 1)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
 def find_kits(soundsets: list[SoundSet]) -> list[Kit]:
-    """Every drum kit installed here: the GM kits of `soundsets`, AVL, Hydrogen and Sonic Pi."""
-    kits = [Kit(f"{s.name}:{k}", "sf2", s.path, 128, p) for s in soundsets for p, k in GM_KITS.items()]
+    """Every drum kit installed here: the GM kits of `soundsets` (those each one defines), AVL,
+    Hydrogen and Sonic Pi."""
+    kits = []
+    for s in soundsets:
+        presets = sf2_presets(s.path)
+        kits += [Kit(f"{s.name}:{k}", "sf2", s.path, 128, p) for p, k in GM_KITS.items()
+                 if presets is None or (128, p) in presets]
     for name, file in AVL_KITS.items():
         path = _find_sf2((file,))
         if path:

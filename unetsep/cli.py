@@ -456,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drum kits to draw from: names or patterns (e.g. 'hydrogen:*', "
                    "'FluidR3_GM:jazz'), Hydrogen kit folders or .sf2 files (default: all installed)")
     d.add_argument("--soundfonts", nargs="+", metavar="SET",
-                   help="instrument sound sets: FluidR3_GM, MuseScore_General, TimGM6mb or .sf2 "
-                   "paths (default: all installed)")
+                   help="instrument sound sets: FluidR3_GM, MuseScore_General, TimGM6mb, sf_GMbank, "
+                   "OPL-3_FM_128M (names or patterns) or .sf2 paths (default: all installed)")
     d.add_argument("--workers", type=int, help="rendering processes (default: one per CPU); "
                    "the songs do not depend on it")
     d.set_defaults(func=cmd_data)
