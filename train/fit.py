@@ -123,6 +123,19 @@ def latest_checkpoint(run: Path) -> tuple[int, Path] | None:
     return (int(files[-1].stem.split("-")[1]), files[-1]) if files else None
 
 
+def same_on_all_workers(dist, value: float) -> bool:
+    """Whether every replica of the cluster holds the same `value` (n * sum(v^2) == sum(v)^2)."""
+    import tensorflow as tf
+
+    @tf.function
+    def sums():
+        both = dist.run(lambda: tf.constant([value, value * value], tf.float64))
+        return dist.reduce("SUM", both, axis=None)
+
+    total, squares = sums().numpy()
+    return dist.num_replicas_in_sync * squares == total * total
+
+
 def _scratch() -> Path:
     """Where a worker other than the chief writes its copy of the run (its own temporary folder)."""
     return Path(os.environ.get("TMPDIR", "/tmp")) / f"unetsep-worker-{os.getpid()}"
@@ -284,9 +297,10 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
                               "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
                               "train_tracks": len(train_db.tracks),
                               "valid_tracks": len(valid_db.tracks), "augment": augment})
-    chief = is_chief()
+    chief = is_chief()  # the other workers of a cluster write nothing into the run folder
     try:
-        run.mkdir(parents=True, exist_ok=True)
+        if chief:
+            run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {run}: {e.strerror}; choose another --out") from None
     if (run / "config.json").is_file():
@@ -300,6 +314,10 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     dist = make_strategy(strategy)
     last = latest_checkpoint(run)
     initial_epoch = last[0] if last else 0
+    if strategy == "multiworker" and not same_on_all_workers(dist, initial_epoch):
+        # Otherwise the workers would run different epochs and wait for each other forever.
+        raise UserError(f"the workers disagree on the last finished epoch in {run} (this one sees "
+                        f"{initial_epoch}): --out must be a folder that every worker reads")
     if initial_epoch >= cfg.epochs and (run / "model.keras").is_file():
         print(f"{run} is already trained for {initial_epoch} epochs: {run / 'model.keras'}")
         return run / "model.keras"
