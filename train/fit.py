@@ -9,7 +9,9 @@ A run directory holds:
     model.keras            the trained model, written when the last epoch is done
 
 Every file is written to a temporary name and renamed, so a SIGKILL leaves the previous epoch's
-files intact; the same command then resumes after the last finished epoch.
+files intact; the same command then resumes after the last finished epoch. Under
+`--strategy multiworker` only the chief writes it, and training runs `fit_multiworker` instead of
+`model.fit`.
 """
 from __future__ import annotations
 
@@ -190,7 +192,8 @@ def fit_multiworker(model, dist, data, validation: tuple, val_batch: int, epochs
     scalar metrics along axis 0). Same compiled loss, metrics and optimizer, same callbacks and logs.
 
     data: the distributed training dataset (endless); validation: (x, y) arrays, which every
-    worker scores whole on its own copy of the weights (identical on all workers after each step).
+    worker scores whole on its own copy of the weights (the same on all workers once the
+    BatchNormalization statistics are averaged), so that all write the same history.
     """
     import keras
     import tensorflow as tf
@@ -221,7 +224,7 @@ def fit_multiworker(model, dist, data, validation: tuple, val_batch: int, epochs
 
         dist.run(replica_fn)
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # the last batch is shorter
     def val_sums(x, y):
         # Sums and counts of the per-example values, so that the mean over the whole set is
         # exactly what evaluate() reports, whatever the batch.
