@@ -9,7 +9,9 @@ A run directory holds:
     model.keras            the trained model, written when the last epoch is done
 
 Every file is written to a temporary name and renamed, so a SIGKILL leaves the previous epoch's
-files intact; the same command then resumes after the last finished epoch.
+files intact; the same command then resumes after the last finished epoch. Under
+`--strategy multiworker` only the chief writes it, and training runs `fit_multiworker` instead of
+`model.fit`.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from ..runtime.errors import UserError
 from ..runtime.files import write_atomic
-from .model import UNetConfig, build_unet, compile_unet, preset
+from .model import SegmentLoss, UNetConfig, build_unet, compile_unet, loss_settings, preset
 
 CHECKPOINTS = "checkpoint"
 # zero_estimate: the loss of an all-zero estimate on the same data; a loss sitting there means the
@@ -123,6 +125,24 @@ def latest_checkpoint(run: Path) -> tuple[int, Path] | None:
     return (int(files[-1].stem.split("-")[1]), files[-1]) if files else None
 
 
+def same_on_all_workers(dist, value: float) -> bool:
+    """Whether every replica of the cluster holds the same `value` (n * sum(v^2) == sum(v)^2)."""
+    import tensorflow as tf
+
+    @tf.function
+    def sums():
+        both = dist.run(lambda: tf.constant([value, value * value], tf.float64))
+        return dist.reduce("SUM", both, axis=None)
+
+    total, squares = sums().numpy()
+    return dist.num_replicas_in_sync * squares == total * total
+
+
+def _scratch() -> Path:
+    """Where a worker other than the chief writes its copy of the run (its own temporary folder)."""
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"unetsep-worker-{os.getpid()}"
+
+
 def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: int, chief: bool):
     import keras
 
@@ -147,7 +167,7 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
             if row["val_loss"] >= SILENT_RATIO * row["val_zero_estimate"]:
                 print(f"warning: the validation loss is above {SILENT_RATIO:.0%} of an all-zero "
                       f"estimate's: the model does little better than silence", flush=True)
-            target = run if chief else Path(os.environ.get("TMPDIR", "/tmp")) / f"unetsep-worker-{os.getpid()}"
+            target = run if chief else _scratch()
             (target / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             # History first, then the checkpoint: a kill in between redoes this epoch on resume,
             # and the resumed run trims history back to the checkpoint.
@@ -163,6 +183,73 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
                 write_atomic(target / "best.keras", lambda p: self.model.save(p))
 
     return RunRecorder()
+
+
+def fit_multiworker(model, dist, data, validation: tuple, val_batch: int, epochs: int,
+                    initial_epoch: int, steps: int, callbacks: list, cfg: UNetConfig) -> None:
+    """`model.fit` written out for MultiWorkerMirroredStrategy, whose Keras 3 fit() fails on the
+    first step (keras-team/keras#20585: it hands a nested batch to `strategy.reduce`, then reduces
+    scalar metrics along axis 0). Same compiled loss, metrics and optimizer, same callbacks and logs.
+
+    data: the distributed training dataset (endless); validation: (x, y) arrays, which every
+    worker scores whole on its own copy of the weights (the same on all workers once the
+    BatchNormalization statistics are averaged), so that all write the same history.
+    """
+    import keras
+    import tensorflow as tf
+
+    # The compiled loss and the all-zero estimate's, per example (unreduced).
+    loss_fn = keras.losses.get(model.loss)
+    per_example = loss_fn.call if isinstance(loss_fn, keras.losses.Loss) else loss_fn
+    zero_fn = SegmentLoss(*loss_settings(cfg), zero=True).call
+
+    @tf.function
+    def train_step(batch):
+        # One step on every replica: the optimizer sums the gradients across the cluster, and
+        # each replica returns its running means, averaged here over the replicas.
+        out = dist.run(model.train_step, args=(batch,))
+        return {k: dist.reduce("MEAN", v, axis=None) for k, v in out.items()}
+
+    # BatchNormalization's moving statistics: Keras 3 lets each replica update its own copy from
+    # its own batches (aggregation "none"). Average them over the cluster after each epoch; their
+    # update is linear, so this equals averaging after every step, and the workers agree.
+    state = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+
+    @tf.function
+    def average_state():
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            for v in state:
+                v.assign(ctx.all_reduce("MEAN", tf.identity(v.value)))
+
+        dist.run(replica_fn)
+
+    @tf.function(reduce_retracing=True)  # the last batch is shorter
+    def val_sums(x, y):
+        # Sums and counts of the per-example values, so that the mean over the whole set is
+        # exactly what evaluate() reports, whatever the batch.
+        pred = model(x, training=False)
+        loss, zero = per_example(y, pred), zero_fn(y, pred)
+        size = lambda v: tf.cast(tf.size(v), tf.float64)
+        return tf.stack([tf.reduce_sum(tf.cast(loss, tf.float64)), size(loss),
+                         tf.reduce_sum(tf.cast(zero, tf.float64)), size(zero)])
+
+    xv, yv = validation
+    iterator = iter(data)
+    cbs = keras.callbacks.CallbackList(callbacks, model=model)
+    cbs.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        cbs.on_epoch_begin(epoch)
+        for _ in range(steps):
+            logs = train_step(next(iterator))
+        average_state()
+        sums = sum(val_sums(xv[i:i + val_batch], yv[i:i + val_batch]).numpy()
+                   for i in range(0, len(xv), val_batch))
+        logs = {k: float(v) for k, v in logs.items()}
+        logs.update(val_loss=sums[0] / sums[1], val_zero_estimate=sums[2] / sums[3])
+        cbs.on_epoch_end(epoch, logs)
+    cbs.on_train_end()
 
 
 def epoch_learning_rate(cfg: UNetConfig, epoch: int) -> float:
@@ -213,9 +300,10 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
                               "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
                               "train_tracks": len(train_db.tracks),
                               "valid_tracks": len(valid_db.tracks), "augment": augment})
-    chief = is_chief()
+    chief = is_chief()  # the other workers of a cluster write nothing into the run folder
     try:
-        run.mkdir(parents=True, exist_ok=True)
+        if chief:
+            run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {run}: {e.strerror}; choose another --out") from None
     if (run / "config.json").is_file():
@@ -229,6 +317,10 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     dist = make_strategy(strategy)
     last = latest_checkpoint(run)
     initial_epoch = last[0] if last else 0
+    if strategy == "multiworker" and not same_on_all_workers(dist, initial_epoch):
+        # Otherwise the workers would run different epochs and wait for each other forever.
+        raise UserError(f"the workers disagree on the last finished epoch in {run} (this one sees "
+                        f"{initial_epoch}): --out must be a folder that every worker reads")
     if initial_epoch >= cfg.epochs and (run / "model.keras").is_file():
         print(f"{run} is already trained for {initial_epoch} epochs: {run / 'model.keras'}")
         return run / "model.keras"
@@ -244,15 +336,19 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     # through every epoch of this start); a resumed run starts from another epoch, so it gets
     # another seed and fresh excerpts rather than a replay of the first start's.
     stream_seed = seed * 100003 + initial_epoch
+
+    def train_stream(batch: int, stream: int):
+        if cfg.streaming:
+            return segment_dataset(train_db.tracks, cfg.target, cfg.segment, batch, stream,
+                                   cfg.sample_rate, cfg.lookahead, augment=augment)
+        return training_dataset(train_db.tracks, cfg.target, cfg.frame, batch, seed=stream,
+                                augment=augment)
+
     if cfg.streaming:
-        ds = segment_dataset(train_db.tracks, cfg.target, cfg.segment, cfg.batch_size, stream_seed,
-                             cfg.sample_rate, cfg.lookahead, augment=augment)
         xv, yv = validation_segments(valid_db.tracks, cfg.target, cfg.segment, cfg.sample_rate,
                                      cfg.lookahead)
         unit = f"{cfg.segment_seconds:g} s segments"
     else:
-        ds = training_dataset(train_db.tracks, cfg.target, cfg.frame, cfg.batch_size, seed=stream_seed,
-                              augment=augment)
         xv, yv = validation_frames(valid_db.tracks, cfg.target, cfg.frame)
         unit = "frames"
     print(f"training {cfg.preset} ({model.count_params():,} parameters) on {len(train_db.tracks)} "
@@ -264,11 +360,26 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     if cfg.lr_final is not None:
         callbacks.insert(0, keras.callbacks.LearningRateScheduler(
             lambda epoch: epoch_learning_rate(cfg, epoch)))
-    model.fit(ds, epochs=cfg.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-              validation_data=(xv, yv),
-              validation_batch_size=cfg.batch_size if cfg.streaming else max(cfg.batch_size, 2048),
-              callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
-              verbose=1 if sys.stderr.isatty() else 0)
-    if chief:
-        write_atomic(run / "model.keras", lambda p: model.save(p))
+    val_batch = cfg.batch_size if cfg.streaming else max(cfg.batch_size, 2048)
+    if strategy == "multiworker":
+        if cfg.batch_size % dist.num_replicas_in_sync:
+            raise UserError(f"--batch-size {cfg.batch_size} must be a multiple of the "
+                            f"{dist.num_replicas_in_sync} replicas of the cluster")
+        # Each worker draws its own excerpts (its own seed; worker 0 the single-worker stream),
+        # in batches of its replicas' share of the global batch.
+        data = dist.distribute_datasets_from_function(lambda ctx: train_stream(
+            ctx.get_per_replica_batch_size(cfg.batch_size), stream_seed + 7919 * ctx.input_pipeline_id))
+        fit_multiworker(model, dist, data, (xv, yv), val_batch, cfg.epochs, initial_epoch, steps,
+                        callbacks, cfg)
+    else:
+        model.fit(train_stream(cfg.batch_size, stream_seed), epochs=cfg.epochs,
+                  initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=(xv, yv),
+                  validation_batch_size=val_batch, callbacks=callbacks,
+                  shuffle=False,  # the tf.data pipeline shuffles
+                  verbose=1 if sys.stderr.isatty() else 0)
+    # Every worker saves (the others to their scratch folder, as the recorder does), so that
+    # they all run the same steps; only the chief's copy lands in the run folder.
+    home = run if chief else _scratch()
+    home.mkdir(parents=True, exist_ok=True)
+    write_atomic(home / "model.keras", lambda p: model.save(p))
     return run / "model.keras"

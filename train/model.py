@@ -231,12 +231,16 @@ class ZeroEstimate(keras.metrics.Mean):
         return {**super().get_config(), "burn_in": self.burn_in, "normalise": self.normalise}
 
 
-def compile_unet(model: keras.Model, cfg: UNetConfig) -> keras.Model:
-    """Adam and the preset's loss, with the all-zero estimate's loss as a metric beside it."""
-    normalise = cfg.loss == "nmae"
+def loss_settings(cfg: UNetConfig) -> tuple[int, bool]:
+    """(burn_in, normalise) of the preset's loss and of its all-zero estimate."""
     if cfg.loss not in ("mae", "nmae"):
         raise UserError(f"unknown loss {cfg.loss!r}: choose mae or nmae")
-    burn = cfg.burn_in if cfg.streaming else 0
+    return (cfg.burn_in if cfg.streaming else 0), cfg.loss == "nmae"
+
+
+def compile_unet(model: keras.Model, cfg: UNetConfig) -> keras.Model:
+    """Adam and the preset's loss, with the all-zero estimate's loss as a metric beside it."""
+    burn, normalise = loss_settings(cfg)
     loss = "mae" if not cfg.streaming and not normalise else SegmentLoss(burn, normalise)
     # Streaming presets backpropagate through thousands of GRU steps: clip the gradient's norm.
     clip = 1.0 if cfg.streaming else None
