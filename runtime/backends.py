@@ -2,7 +2,9 @@
 version-1 models, `run_stateful(x (B, T*frame, 1), states) -> (stem, next states)` for version 2.
 
 onnxruntime for .onnx (metadata inside the model), LiteRT for .tflite (metadata in the JSON file
-beside it, same stem). Both read the model contract from the model and assume nothing else.
+beside it, same stem). Both read the model contract from the model and assume nothing else. A
+version-2 .tflite takes one hop a call (mix (B, frame, 1)); LiteRTModel runs a call of T hops as
+T invokes, the state carried between them, so the engine treats both backends alike.
 """
 from __future__ import annotations
 
