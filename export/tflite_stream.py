@@ -1,6 +1,6 @@
 """The streaming U-Net (train.model.build_stream_unet) as LiteRT flatbuffers with external state.
 
-    mix (B, T*64, 1), state_* ──► stem (B, T*64, 1), next_* (each state's value after this call)
+    mix (B, 64, 1), state_* ──► stem (B, 64, 1), next_* (each state's value after this hop)
 
 The same contract as the lean ONNX graph (export/lean_stream.py): the same state names, shapes
 (batch, channels, samples) and order, taken from its ModelInfo. The graph is written here with
@@ -9,9 +9,10 @@ layer (kws_streaming's external-state mode), so the flatbuffer itself stays stat
 converter then writes float32 and full-integer int8 versions.
 
 One hop per call (T = 1: mix is (B, 64, 1)); the batch is free (1 mono, 2 stereo). A dynamic T
-needs the GRU as a loop over hops, which the converter lowers only through TensorList ops
-with a static batch (or Select TF ops, which LiteRT's builtin runtime lacks); the runtime
-(runtime/backends.py) runs longer calls as one call per hop instead. Layout inside: (batch, samples, channels), TensorFlow's; states are transposed at the edges.
+needs the GRU as a loop over hops; with a free batch the converter could not lower that loop's
+TensorArray (it asks for Select TF ops, which LiteRT's builtin runtime lacks). The runtime
+(runtime/backends.py) runs a longer call as one invoke per hop instead.
+Layout inside: (batch, samples, channels), TensorFlow's; states are transposed at the edges.
 
 * Encoder step: fold two samples into one vector, causal Conv1D (valid) over [state, x];
   BatchNorm folded into the kernel.
@@ -36,7 +37,7 @@ def stream_function(model, cfg, info: ModelInfo):
     name, returning {stem, next_*}: the call the converter turns into a flatbuffer."""
     import tensorflow as tf
 
-    taps, frame = cfg.taps, cfg.frame
+    frame = cfg.frame
     specs = {s.name: s for s in info.states}
     levels = len(cfg.filters)
     hops_ahead = cfg.lookahead // frame
@@ -69,7 +70,8 @@ def stream_function(model, cfg, info: ModelInfo):
             # the row order of (B, n, 2, C_in) reshaped to (B, n, 2*C_in).
             name = f"enc{i + 1}_conv"
             kernel, bias = weights[name]
-            scale, shift = _bn_scale_shift(*weights[f"enc{i + 1}_bn"], model.get_layer(f"enc{i + 1}_bn").epsilon)
+            bn = f"enc{i + 1}_bn"
+            scale, shift = _bn_scale_shift(*weights[bn], model.get_layer(bn).epsilon)
             xp = with_state(x, name)
             xp = tf.reshape(xp, (tf.shape(xp)[0], -1, 2 * c_in))  # fold two samples per step
             y = conv(xp, kernel * scale, bias * scale + shift)

@@ -60,10 +60,11 @@ class StatefulRunner:
     States live in two preallocated sets, A and B. With onnxruntime on CPU, each call is one
     IOBinding bound once: the even calls read A and write B, the odd calls read B and write A
     (ping-pong), so nothing is allocated or copied per call beyond the model's own work. LiteRT
-    (`run_stateful_into`) copies x and set A into its interpreter's buffers and its outputs into
-    y and set B, no array allocated per call (its interpreter for this batch is made here, up
-    front). Other backends get the states as arrays and their next values are copied back into
-    the set.
+    (`run_stateful_into`) copies x and the current set into its interpreter's buffers and its
+    outputs into y and the other set: no data array is allocated per call (its interpreter for
+    this batch is made here, up front), though LiteRT's Python API makes a small view object per
+    tensor access. Other backends get the states as arrays and their next values are copied
+    back into the set.
     """
 
     def __init__(self, model, channels: int, hops: list[int]):
