@@ -31,6 +31,7 @@ from ..runtime.stream import stream_blocks
 from .convert import load_run, model_info, ort_int8, stream_calibration, tf2onnx_raw, tflite_variants
 from .lean import build_lean_onnx
 from .lean_stream import build_lean_stream_onnx
+from .tflite_stream import tflite_stream_variants
 
 
 @dataclass
@@ -47,9 +48,9 @@ class Thresholds:
 # File suffix -> kind (the rule in RULES that decides it). Frame (seed) models:
 FORMATS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
            "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
-# Streaming (contract v2) models: ONNX with explicit state. (LiteRT with external state is not
-# exported yet: the runtime refuses a version-2 .tflite.)
-STREAM_FORMATS = {"onnx": "float32", "int8.onnx": "int8"}
+# Streaming (contract v2) models: ONNX and LiteRT with the state as explicit inputs/outputs
+# (the .tflite files one hop a call, see export/tflite_stream.py).
+STREAM_FORMATS = {"onnx": "float32", "int8.onnx": "int8", "tflite": "float32", "int8.tflite": "int8"}
 
 
 @dataclass
@@ -224,16 +225,18 @@ def convert(model, cfg, info: ModelInfo, calib: np.ndarray, tmp: Path, progress)
     if cfg.streaming:
         lean, info = build_lean_stream_onnx(model, cfg, info)
         onnx.save(lean, str(tmp / f"{stem}.onnx"))
-        calib = stream_calibration(tmp / f"{stem}.onnx", calib, info)
+        audio, calib = calib, stream_calibration(tmp / f"{stem}.onnx", calib, info)
+        # LiteRT runs one hop a call: calibrate on single hops, each with the state the float
+        # model carried into it (every 8th hop of the calibration audio).
+        tflite = tflite_stream_variants(model, cfg, info, stream_calibration(
+            tmp / f"{stem}.onnx", audio, info, hops=1)[::8])
     else:
         onnx.save(build_lean_onnx(model, cfg, info), str(tmp / f"{stem}.onnx"))
+        tflite = tflite_variants(model, cfg, calib)
     ort_int8(tmp / f"{stem}.onnx", calib, info, tmp / f"{stem}.int8.onnx")
-    if not cfg.streaming:
-        for suffix, blob in tflite_variants(model, cfg, calib).items():
-            (tmp / f"{stem}.{suffix}").write_bytes(blob)
-            metadata_path(tmp / f"{stem}.{suffix}").write_text(info.to_json())
-    else:
-        progress("LiteRT formats: not exported for streaming models yet (ONNX only)")
+    for suffix, blob in tflite.items():
+        (tmp / f"{stem}.{suffix}").write_bytes(blob)
+        metadata_path(tmp / f"{stem}.{suffix}").write_text(info.to_json())
     return info
 
 

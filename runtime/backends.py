@@ -2,7 +2,9 @@
 version-1 models, `run_stateful(x (B, T*frame, 1), states) -> (stem, next states)` for version 2.
 
 onnxruntime for .onnx (metadata inside the model), LiteRT for .tflite (metadata in the JSON file
-beside it, same stem). Both read the model contract from the model and assume nothing else.
+beside it, same stem). Both read the model contract from the model and assume nothing else. A
+version-2 .tflite takes one hop a call (mix (B, frame, 1)); LiteRTModel runs a call of T hops as
+T invokes, the state carried between them, so the engine treats both backends alike.
 """
 from __future__ import annotations
 
@@ -107,7 +109,12 @@ def check_graph(path: Path, info: ModelInfo, inputs: dict[str, list], outputs: d
 
 
 class LiteRTModel:
-    """A LiteRT (TensorFlow Lite) interpreter with XNNPACK, resized when the batch changes."""
+    """A LiteRT (TensorFlow Lite) interpreter with XNNPACK.
+
+    Version 1: one interpreter, resized when the batch changes. Version 2 (external state, one
+    hop per call: mix (B, frame, 1)): one interpreter per batch size, made and sized on first use
+    (`prepare`); a call of T hops runs the flatbuffer T times, the state carried inside the call.
+    """
 
     def __init__(self, path: str | Path, threads: int = 1):
         try:
@@ -117,28 +124,53 @@ class LiteRTModel:
                             f"litert extra (pip install 'unetsep[litert]') or pass a .onnx model") from None
 
         self.path = Path(path)
+        self.threads = threads
+        self._make = lambda: Interpreter(model_path=str(self.path), num_threads=threads)
         meta = metadata_path(self.path)
         if not meta.is_file():
             raise UserError(f"{self.path} has no metadata file {meta.name} beside it; export it with "
                             f"'unetsep export'")
         try:
-            self.info = ModelInfo.from_metadata({k: str(v) for k, v in json.loads(meta.read_text()).items()})
-            self.interp = Interpreter(model_path=str(self.path), num_threads=threads)
+            # Typed JSON values, each parsed by its field's converter (the states are a list).
+            self.info = ModelInfo.from_metadata(dict(json.loads(meta.read_text())))
+            self.interp = self._make()
         except (KeyError, ValueError) as e:
             raise UserError(f"{self.path} is not a LiteRT model with unetsep metadata ({e}); "
                             f"export it with 'unetsep export'") from None
-        if self.info.streaming:
-            raise UserError(f"{self.path} is a streaming (version 2) model: this unetsep runs those "
-                            f"with onnxruntime only; pass the .onnx file of the same model")
         self.provider = "LiteRT"
-        ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
         shape = lambda d: [None if v < 0 else int(v) for v in d["shape_signature"]]  # noqa: E731
+        if self.info.streaming:
+            self._init_streaming(shape)
+            return
+        ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
         # Tensor names are the converter's (serving_default_mix:0): check by position.
         check_graph(self.path, self.info, {self.info.input_name: shape(ins[0])},
                     {self.info.output_name: shape(outs[0])})
         self._in = ins[0]["index"]
         self._out = outs[0]["index"]
         self._batch = None
+
+    def _init_streaming(self, shape) -> None:
+        """Check a version-2 flatbuffer's signature against the contract by name; note each
+        tensor's index."""
+        info = self.info
+        sigs = self.interp.get_signature_list()
+        if len(sigs) != 1:
+            raise UserError(f"{self.path} has {len(sigs)} signatures, not one naming the contract's "
+                            f"inputs and outputs; re-export it with 'unetsep export'")
+        runner = self.interp.get_signature_runner()
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        check_graph(self.path, info, {n: shape(d) for n, d in ins.items()},
+                    {n: shape(d) for n, d in outs.items()})
+        samples = shape(ins[info.input_name])[1]
+        if samples != info.frame:
+            raise UserError(f"{self.path} takes {samples} samples a call; this unetsep runs streaming "
+                            f"LiteRT models of one hop ({info.frame} samples) a call: re-export it")
+        self._in = ins[info.input_name]["index"]
+        self._out = outs[info.output_name]["index"]
+        self._states = [(s.input, ins[s.input]["index"], outs[s.output]["index"]) for s in info.states]
+        del runner
+        self._interps = {}  # batch -> interpreter sized for it
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if x.shape[0] != self._batch:
@@ -148,6 +180,50 @@ class LiteRTModel:
         self.interp.set_tensor(self._in, x)
         self.interp.invoke()
         return self.interp.get_tensor(self._out)
+
+    def prepare(self, batch: int):
+        """The interpreter of `batch` streams, every input resized to it (made on first use)."""
+        it = self._interps.get(batch)
+        if it is None:
+            it = self.interp if not self._interps else self._make()
+            it.resize_tensor_input(self._in, [batch, self.info.frame, 1])
+            for s, (_, index, _) in zip(self.info.states, self._states):
+                it.resize_tensor_input(index, [batch, *s.shape])
+            it.allocate_tensors()
+            self._interps[batch] = it
+        return it
+
+    def run_stateful_into(self, x: np.ndarray, states: dict[str, np.ndarray], y: np.ndarray,
+                          next_states: dict[str, np.ndarray]) -> None:
+        """x (B, T*frame, 1) and states by input name -> writes the stem into y (B, T*frame, 1) and
+        each state's value after the last hop into next_states (arrays of the states' shapes,
+        not `states` themselves). One invoke per hop; the data is copied through the interpreter's
+        own buffers (short-lived numpy views of them: no array is allocated for the data, though
+        LiteRT's Python API makes a small view object per tensor access)."""
+        it, frame = self.prepare(x.shape[0]), self.info.frame
+        tensor = it.tensor
+        src = states
+        if x.shape[1] < frame:  # no hop: the state stays as it was
+            for name, a in next_states.items():
+                a[...] = states[name]
+        for t in range(x.shape[1] // frame):
+            tensor(self._in)()[...] = x[:, t * frame:(t + 1) * frame]
+            for name, i, _ in self._states:
+                tensor(i)()[...] = src[name]
+            it.invoke()
+            y[:, t * frame:(t + 1) * frame] = tensor(self._out)()
+            for name, _, o in self._states:
+                next_states[name][...] = tensor(o)()
+            src = next_states
+
+    def run_stateful(self, x: np.ndarray, states: dict[str, np.ndarray]
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """x (B, T*frame, 1) and states by input name -> (stem (B, T*frame, 1), next states by
+        input name), as OrtModel.run_stateful (allocates its results)."""
+        y = np.empty_like(x)
+        nxt = {s.input: np.empty((x.shape[0], *s.shape), np.float32) for s in self.info.states}
+        self.run_stateful_into(x, states, y, nxt)
+        return y, nxt
 
 
 def load_model(path: str | Path, provider: str = "cpu", threads: int = 1):

@@ -59,8 +59,12 @@ class StatefulRunner:
 
     States live in two preallocated sets, A and B. With onnxruntime on CPU, each call is one
     IOBinding bound once: the even calls read A and write B, the odd calls read B and write A
-    (ping-pong), so nothing is allocated or copied per call beyond the model's own work. Other
-    backends get the states as arrays and their next values are copied back into the set.
+    (ping-pong), so nothing is allocated or copied per call beyond the model's own work. LiteRT
+    (`run_stateful_into`) copies x and the current set into its interpreter's buffers and its
+    outputs into y and the other set: no data array is allocated per call (its interpreter for
+    this batch is made here, up front), though LiteRT's Python API makes a small view object per
+    tensor access. Other backends get the states as arrays and their next values are copied
+    back into the set.
     """
 
     def __init__(self, model, channels: int, hops: list[int]):
@@ -72,6 +76,9 @@ class StatefulRunner:
         self.x, self.y, self._bindings = {}, {}, {}
         session = getattr(model, "session", None)
         self._bind = session is not None and model.provider == "CPUExecutionProvider"
+        self._into = getattr(model, "run_stateful_into", None)
+        if self._into is not None:
+            model.prepare(channels)
         for t in hops:
             self.prepare(t)
 
@@ -113,6 +120,8 @@ class StatefulRunner:
         binding = self._bindings.get((hops, self.parity))
         if binding is not None:
             self.model.session.run_with_iobinding(binding)
+        elif self._into is not None:
+            self._into(self.x[hops], self.state, self.y[hops], self.sets[1 - self.parity])
         else:
             y, nxt = self.model.run_stateful(self.x[hops], self.state)
             self.y[hops][...] = y
