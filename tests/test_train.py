@@ -107,3 +107,33 @@ def test_bad_data_folders(dataset, tmp_path):
         sf.write(f, x[::2], 22050)
     _one_line_error(unetsep("train", "--data", tmp_path / "rate", "--out", tmp_path / "r",
                             check=False), "22050")
+
+
+def test_init_fine_tunes_with_lookahead(stream_run, dataset, tmp_path):
+    """--init starts a new run from a trained model's weights, layer by layer; the look-ahead
+    may differ (its delays have no weights); a model of other widths is refused in one line."""
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    from unetsep.runtime.errors import UserError
+    from unetsep.train.fit import copy_weights
+    from unetsep.train.model import build_unet, preset
+
+    ahead = build_unet(preset("tiny-stream", lookahead=64))
+    copy_weights(stream_run, ahead)
+    trained = keras.models.load_model(stream_run / "model.keras", compile=False)
+    for layer in trained.layers:
+        for a, b in zip(layer.get_weights(), ahead.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(UserError, match="enc1_conv"):
+        copy_weights(stream_run, build_unet(preset("stream")))
+
+    run = tmp_path / "ahead"
+    unetsep("train", "--data", dataset, "--preset", "tiny-stream", "--epochs", 1, "--steps", 2,
+            "--init", stream_run, "--lookahead", 64, "--lr", 1e-4, "--out", run)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lookahead"] == 64 and cfg["learning_rate"] == 1e-4
+    assert cfg["extra"]["init"] == str(stream_run.resolve())
+    bad = unetsep("train", "--data", dataset, "--preset", "seed", "--lookahead", 64,
+                  "--out", tmp_path / "x", check=False)
+    assert bad.returncode != 0 and "--lookahead is for the streaming presets" in bad.stderr

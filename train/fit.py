@@ -261,6 +261,32 @@ def epoch_learning_rate(cfg: UNetConfig, epoch: int) -> float:
     return cfg.lr_final + (cfg.learning_rate - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def copy_weights(source: str | Path, model) -> None:
+    """Set every weighted layer of `model` from the layer of the same name in the .keras model
+    `source` (or `source`/model.keras); a clear error when a layer is missing or differs."""
+    import keras
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise UserError(f"--init {source}: no such .keras model (give a model.keras or a run folder)")
+    try:
+        src = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError) as e:
+        raise UserError(f"--init {source} is not a Keras model this unetsep can load ({e})") from None
+    have = {layer.name: layer for layer in src.layers}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        other = have.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if other is None or [tuple(w.shape) for w in other.weights] != shapes:
+            raise UserError(f"--init {source} has no layer {layer.name!r} of weight shapes {shapes}: "
+                            f"it was trained with another preset or widths; use --preset to match it")
+        layer.set_weights(other.get_weights())
+
+
 def _check_resumable(run: Path, cfg: UNetConfig) -> None:
     old = UNetConfig.from_json((run / "config.json").read_text())
     diff = [k for k in RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
@@ -272,15 +298,23 @@ def _check_resumable(run: Path, cfg: UNetConfig) -> None:
 def train(data: str | Path, out: str | Path, target: str = "drums", preset_name: str = "seed",
           epochs: int | None = None, batch_size: int | None = None, steps: int | None = None,
           strategy: str = "default", seed: int = 0, stock_layers: bool = False,
-          augment: bool = True, lr_final: float | None = None) -> Path:
-    """Train (or resume) a run in `out`; returns the path of the trained model.keras."""
+          augment: bool = True, lr_final: float | None = None, learning_rate: float | None = None,
+          lookahead: int | None = None, init: str | Path | None = None) -> Path:
+    """Train (or resume) a run in `out`; returns the path of the trained model.keras.
+
+    `init`: a .keras model (or a run folder holding model.keras) whose weights start a new run,
+    layer by layer by name (fine-tuning; e.g. the same preset with another `lookahead`)."""
     import keras
 
     from .dataset import (open_db, segment_dataset, total_frames, training_dataset, validation_frames,
                           validation_segments)
 
     run = Path(out)
-    cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size, lr_final=lr_final)
+    cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size, lr_final=lr_final,
+                 learning_rate=learning_rate, lookahead=lookahead)
+    if cfg.lookahead and not cfg.streaming:
+        raise UserError(f"--lookahead is for the streaming presets; preset {cfg.preset!r} decides "
+                        f"each frame alone (use --preset stream)")
     # The CLI rejects these at parse time; callers of this function get the same guard, since
     # Keras hangs on a negative steps_per_epoch and 0 epochs would save an untrained model.
     for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--steps", steps)):
@@ -299,7 +333,8 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     cfg = replace(cfg, extra={"data": str(Path(data).resolve()), "trained_on": Path(data).name,
                               "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
                               "train_tracks": len(train_db.tracks),
-                              "valid_tracks": len(valid_db.tracks), "augment": augment})
+                              "valid_tracks": len(valid_db.tracks), "augment": augment,
+                              **({"init": str(Path(init).resolve())} if init else {})})
     chief = is_chief()  # the other workers of a cluster write nothing into the run folder
     try:
         if chief:
@@ -330,6 +365,9 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
             print(f"resuming {run} after epoch {initial_epoch}", flush=True)
         else:
             model = compile_unet(build_unet(cfg, stock_layers=stock_layers), cfg)
+            if init:
+                copy_weights(init, model)
+                print(f"starting from the weights of {init}", flush=True)
     rows = [r for r in read_history(run) if r["epoch"] <= initial_epoch]
 
     # The excerpt stream is seeded once per start of training (not per epoch: one stream runs

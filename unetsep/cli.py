@@ -122,7 +122,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     path = fit.train(args.data, args.out, target=args.target, preset_name=args.preset,
                      epochs=args.epochs, batch_size=args.batch_size, steps=args.steps,
                      strategy=args.strategy, seed=args.seed, stock_layers=args.stock_layers,
-                     augment=not args.no_augment, lr_final=args.lr_final)
+                     augment=not args.no_augment, lr_final=args.lr_final, learning_rate=args.lr,
+                     lookahead=args.lookahead, init=args.init)
     print(f"trained model: {path}")
 
 
@@ -469,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=positive_int, help="epochs (default: the preset's, 40)")
     t.add_argument("--batch-size", type=positive_int, help="frames per batch (default 512)")
     t.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass over the data)")
+    t.add_argument("--lr", type=positive_float, help="learning rate (default: the preset's, 1e-3)")
+    t.add_argument("--lookahead", type=non_negative_int, metavar="SAMPLES",
+                   help="stream presets: samples (whole 64-sample hops) the output waits for, "
+                        "declared in the exported model (default 0)")
+    t.add_argument("--init", metavar="MODEL",
+                   help="start from this .keras model's weights (or a run folder's model.keras), "
+                        "layer by layer: fine-tune a trained model, e.g. with another --lookahead")
     t.add_argument("--lr-final", type=positive_float, metavar="LR",
                    help="learning rate of the last epoch, reached by a cosine from the preset's "
                         "(default: constant); may be added when resuming a run with more --epochs")
