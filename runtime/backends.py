@@ -291,10 +291,55 @@ def resolve_model(model: str | Path | None) -> Path:
     for the default. A path that names no file is reported by load_model."""
     if model is None or model == "":
         return default_model_path()
-    path = Path(model)
-    if path.is_file() or path.suffix in (".onnx", ".tflite") or len(path.parts) > 1:
-        return path
+    if _names_a_file(model):
+        return Path(model)
     return shipped_model(str(model))
+
+
+# Formats `unetsep export` writes beside <target>.onnx, by suffix.
+FORMATS = ("onnx", "int8.onnx", "tflite", "fp16.tflite", "int8.tflite")
+
+
+def _names_a_file(model: str | Path) -> bool:
+    path = Path(model)
+    return path.is_file() or path.suffix in (".onnx", ".tflite") or len(path.parts) > 1
+
+
+def passed_check(model_file: Path) -> bool:
+    """Whether the export report beside `model_file` says it passed its check against Keras."""
+    report = model_file.parent / "report.json"
+    try:
+        rows = json.loads(report.read_text())["formats"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(r.get("file") == model_file.name and r.get("written") and not r.get("reason") for r in rows)
+
+
+def live_model_path(model: str | Path | None, fmt: str = "auto", provider: str = "cpu") -> Path:
+    """The file `live` runs for --model and --format. A file given by path runs as given. For a
+    shipped model (by name, or the default), --format picks one of its files; `auto` takes the
+    full-integer LiteRT model on the CPU when LiteRT is installed and the model passed export's
+    check (its callback costs less than half the float ONNX model's), else the float32 ONNX."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}: choose auto or one of {', '.join(FORMATS)}")
+    name = model or os.environ.get("UNETSEP_MODEL") or DEFAULT_MODEL
+    if _names_a_file(name):
+        if fmt != "auto":
+            raise UserError(f"--format picks among a shipped model's files; --model {name} is a file "
+                            f"already: drop --format or pass a shipped model's name")
+        return Path(name)
+    onnx = shipped_model(str(name))
+    if fmt == "auto":
+        fast = onnx.with_name(f"{onnx.stem}.int8.tflite")
+        on_cpu = provider == "cpu" or (provider == "auto" and not cuda_available())
+        use_litert = on_cpu and litert_available() and fast.is_file() and passed_check(fast)
+        return fast if use_litert else onnx
+    path = onnx.with_name(f"{onnx.stem}.{fmt}")
+    if not path.is_file():
+        have = sorted(f for f in FORMATS if onnx.with_name(f"{onnx.stem}.{f}").is_file())
+        raise UserError(f"shipped model {name!r} has no {fmt} file (it has: {', '.join(have)}); "
+                        f"choose one of those with --format")
+    return path
 
 
 def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1, say=print):

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,21 @@ def test_live_runs_a_streaming_model(jackd, stream_exported, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["blocksize"] == 64 and r["channels"] == 2
     assert r["callbacks"] > 0.5 * 3 * 44100 / 64  # the stream ran (xruns aside) for its 3 s
+
+
+def test_live_picks_the_shipped_models_format(jackd, tmp_path):
+    """With a shipped model, --format auto runs its LiteRT int8 file where LiteRT is installed
+    (the cheaper callback), --format onnx the float32 graph; a file given by path runs as given."""
+    from unetsep.runtime.backends import litert_available
+
+    runs = {"auto": (), "onnx": ("--format", "onnx"), "path": ("--model", "default", "-f", "int8.onnx")}
+    for name, args in runs.items():
+        unetsep("live", *args, "--seconds", 2, "--json", tmp_path / f"{name}.json", timeout=120)
+    got = {n: Path(json.loads((tmp_path / f"{n}.json").read_text())["model"]).name for n in runs}
+    assert got == {"auto": "drums.int8.tflite" if litert_available() else "drums.onnx",
+                   "onnx": "drums.onnx", "path": "drums.int8.onnx"}
+    for args, says in ((("--model", "seed", "--format", "tflite"), "has no tflite file"),
+                       (("--model", "models/default/drums.onnx", "-f", "onnx"), "is a file already"),
+                       (("--format", "fp8"), "unknown --format")):
+        r = unetsep("live", *args, "--seconds", 1, check=False)
+        assert r.returncode != 0 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

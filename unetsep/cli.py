@@ -227,13 +227,17 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(live.list_devices())
         return 0
-    from unetsep.runtime.backends import open_model
+    from unetsep.runtime.backends import live_model_path, open_model
 
     if args.json:
         from unetsep.runtime.files import check_writable
 
         check_writable(args.json, "--json")
-    model = open_model(args.model, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
+    path = live_model_path(args.model, args.format, args.provider)
+    model = open_model(path, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
+    if not args.quiet:
+        print(f"live: {path.name} ({model.provider}); --format picks another of a shipped model's files",
+              file=sys.stderr)
     # The status line: once per second from the main thread, on a terminal only (a log or a pipe
     # gets the summary alone), rewritten in place.
     on_terminal = sys.stderr.isatty() and not args.quiet
@@ -532,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "no-<target> (everything else) or blend (the target over the rest at -12 dB)")
     v.add_argument("--seconds", "-s", type=positive_float, help="stop after S seconds (default: Ctrl-C)")
     v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
+    v.add_argument("--format", "-f", default="auto",
+                   help="which of a shipped model's files: auto (default: the LiteRT int8 model when "
+                        "LiteRT is installed and it passed export's checks, on the CPU; else the "
+                        "float32 ONNX), onnx, int8.onnx, tflite, int8.tflite")
     v.add_argument("--json", help="also write the summary as JSON here")
     v.add_argument("-q", "--quiet", action="store_true",
                    help="no status line and no summary (for scripts; errors still print; --json still written)")
