@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..runtime.backends import litert_available, shipped_model
+from ..runtime.backends import live_model_path, shipped_model
 from ..runtime.files import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -90,9 +90,9 @@ def main(argv=None) -> None:
     cli = [sys.executable, "-m", "unetsep.cli"]
     default = shipped_model("default")
     seed = shipped_model("seed")
-    # `unetsep live` runs the default's LiteRT int8 file where LiteRT is installed: time it too.
-    lite = default.with_name(f"{default.stem}.int8.tflite")
-    lite = lite if litert_available() and lite.is_file() else None
+    # `unetsep live` runs the default's LiteRT int8 file where LiteRT is installed: time that too.
+    lite = live_model_path("default", "auto", "cpu")
+    lite = lite if lite != default else None
     shipped = [str(x) for x in sorted(default.parent.glob("*.onnx"))] + ([str(lite)] if lite else []) \
         + [str(seed)]
     b = _bench(cli, shipped, args.frames, tmp / "b.json", plot=HERE / "latency.png")

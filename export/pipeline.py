@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
-from ..runtime.contract import ModelInfo
+from ..runtime.contract import FORMATS, ModelInfo
 from ..runtime.errors import UserError
 from ..runtime.measures import snr_db, target_sdr, time_model
 from ..runtime.separate import estimate, separate_array
@@ -45,9 +45,8 @@ class Thresholds:
     min_int8_snr: float = 3.0
 
 
-# File suffix -> kind (the rule in RULES that decides it). Frame (seed) models:
-FORMATS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
-           "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
+# File suffix -> kind (the rule in RULES that decides it). Frame (seed) models: FORMATS
+# (runtime/contract.py, where the runtime reads the suffixes too).
 # Streaming (contract v2) models: ONNX and LiteRT with the state as explicit inputs/outputs
 # (the .tflite files one hop a call, see export/tflite_stream.py).
 STREAM_FORMATS = {"onnx": "float32", "int8.onnx": "int8", "tflite": "float32", "int8.tflite": "int8"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import ModelInfo
+from .contract import FORMATS, ModelInfo
 from .errors import UserError
 
 
@@ -296,10 +296,6 @@ def resolve_model(model: str | Path | None) -> Path:
     return shipped_model(str(model))
 
 
-# Formats `unetsep export` writes beside <target>.onnx, by suffix.
-FORMATS = ("onnx", "int8.onnx", "tflite", "fp16.tflite", "int8.tflite")
-
-
 def _names_a_file(model: str | Path) -> bool:
     path = Path(model)
     return path.is_file() or path.suffix in (".onnx", ".tflite") or len(path.parts) > 1
@@ -316,17 +312,20 @@ def passed_check(model_file: Path) -> bool:
 
 
 def live_model_path(model: str | Path | None, fmt: str = "auto", provider: str = "cpu") -> Path:
-    """The file `live` runs for --model and --format. A file given by path runs as given. For a
-    shipped model (by name, or the default), --format picks one of its files; `auto` takes the
-    full-integer LiteRT model on the CPU when LiteRT is installed and the model passed export's
-    check (its callback costs less than half the float ONNX model's), else the float32 ONNX."""
+    """The file `live` runs for --model and --format. A file given by path (or $UNETSEP_MODEL
+    naming one) runs as given. For a shipped model (by name, or the default), --format picks one
+    of its files; `auto` takes the full-integer LiteRT file on the CPU when LiteRT is installed
+    and export's report says it passed its check (its callback costs less than half the float
+    ONNX model's), else the float32 ONNX."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}: choose auto or one of {', '.join(FORMATS)}")
-    name = model or os.environ.get("UNETSEP_MODEL") or DEFAULT_MODEL
+    env = os.environ.get("UNETSEP_MODEL")
+    name = model or env or DEFAULT_MODEL
     if _names_a_file(name):
         if fmt != "auto":
-            raise UserError(f"--format picks among a shipped model's files; --model {name} is a file "
-                            f"already: drop --format or pass a shipped model's name")
+            given = f"--model {name}" if model else f"UNETSEP_MODEL={name}"
+            raise UserError(f"--format picks among a shipped model's files and {given} is a path: "
+                            f"drop --format or name a shipped model")
         return Path(name)
     onnx = shipped_model(str(name))
     if fmt == "auto":
@@ -334,6 +333,8 @@ def live_model_path(model: str | Path | None, fmt: str = "auto", provider: str =
         on_cpu = provider == "cpu" or (provider == "auto" and not cuda_available())
         use_litert = on_cpu and litert_available() and fast.is_file() and passed_check(fast)
         return fast if use_litert else onnx
+    if fmt.endswith("tflite") and provider == "cuda":
+        raise UserError(f"--provider cuda runs .onnx files only; use --format onnx or --provider cpu")
     path = onnx.with_name(f"{onnx.stem}.{fmt}")
     if not path.is_file():
         have = sorted(f for f in FORMATS if onnx.with_name(f"{onnx.stem}.{f}").is_file())

@@ -20,6 +20,10 @@ CONTRACT_VERSION = 1  # stateless frame models (the seed); 2 adds carried state 
 STREAMING_VERSION = 2
 
 # Keys every model must carry; `ModelInfo.from_metadata` rejects a model that lacks one.
+# The files 'unetsep export' writes, <target>.<suffix>: suffix -> kind of model.
+FORMATS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
+           "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
+
 REQUIRED_KEYS = ("sample_rate", "frame", "context", "target", "input_name", "output_name", "layout")
 
 

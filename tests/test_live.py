@@ -103,16 +103,18 @@ def test_live_runs_a_streaming_model(jackd, stream_exported, tmp_path):
 def test_live_picks_the_shipped_models_format(jackd, tmp_path):
     """With a shipped model, --format auto runs its LiteRT int8 file where LiteRT is installed
     (the cheaper callback), --format onnx the float32 graph; a file given by path runs as given."""
-    from unetsep.runtime.backends import litert_available
+    from unetsep.runtime.backends import litert_available, shipped_model
 
-    runs = {"auto": (), "onnx": ("--format", "onnx"), "path": ("--model", "default", "-f", "int8.onnx")}
+    path = shipped_model("default")  # drums.onnx, given as a file: no switch to LiteRT
+    runs = {"auto": (), "onnx": ("--format", "onnx"), "named": ("--model", "default", "-f", "int8.onnx"),
+            "path": ("--model", path)}
     for name, args in runs.items():
         unetsep("live", *args, "--seconds", 2, "--json", tmp_path / f"{name}.json", timeout=120)
     got = {n: Path(json.loads((tmp_path / f"{n}.json").read_text())["model"]).name for n in runs}
     assert got == {"auto": "drums.int8.tflite" if litert_available() else "drums.onnx",
-                   "onnx": "drums.onnx", "path": "drums.int8.onnx"}
+                   "onnx": "drums.onnx", "named": "drums.int8.onnx", "path": "drums.onnx"}
     for args, says in ((("--model", "seed", "--format", "tflite"), "has no tflite file"),
-                       (("--model", "models/default/drums.onnx", "-f", "onnx"), "is a file already"),
+                       (("--model", "models/default/drums.onnx", "-f", "onnx"), "is a path"),
                        (("--format", "fp8"), "unknown --format")):
         r = unetsep("live", *args, "--seconds", 1, check=False)
         assert r.returncode != 0 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

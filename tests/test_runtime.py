@@ -122,3 +122,37 @@ def test_bad_models(song, tmp_path):
     onnx.save(helper.make_model(g), str(tmp_path / "nometa.onnx"))
     proc = unetsep("separate", song, "--model", tmp_path / "nometa.onnx", check=False)
     assert proc.returncode == 2 and "lacks the unetsep model metadata" in proc.stderr
+
+
+def test_live_format_choice_without_audio(tmp_path, monkeypatch):
+    """Which file `live` runs: a format passes only where export's report says so; a path (given
+    or in UNETSEP_MODEL) runs as given and refuses --format; the CUDA provider refuses LiteRT."""
+    import json
+
+    from unetsep.runtime.backends import live_model_path, passed_check, shipped_model
+    from unetsep.runtime.errors import UserError
+
+    model = tmp_path / "drums.int8.tflite"
+    model.write_bytes(b"")
+    assert not passed_check(model)  # no report beside it
+    rows = [{"file": "drums.int8.tflite", "written": True, "reason": "int8 SDR -0.9 dB < -0.3"}]
+    (tmp_path / "report.json").write_text(json.dumps({"formats": rows}))
+    assert not passed_check(model)  # written with --allow-degraded: failed
+    rows[0]["reason"] = ""
+    (tmp_path / "report.json").write_text(json.dumps({"formats": rows}))
+    assert passed_check(model)
+
+    onnx = shipped_model("default")
+    assert live_model_path("default", "onnx") == onnx
+    assert live_model_path(None, "auto", "cuda") == onnx
+    assert live_model_path(str(model)) == model
+    with pytest.raises(UserError, match="is a path"):
+        live_model_path(str(model), "onnx")
+    monkeypatch.setenv("UNETSEP_MODEL", str(model))
+    assert live_model_path(None) == model
+    with pytest.raises(UserError, match="UNETSEP_MODEL="):
+        live_model_path(None, "int8.onnx")
+    monkeypatch.setenv("UNETSEP_MODEL", "seed")
+    assert live_model_path(None, "onnx") == shipped_model("seed")
+    with pytest.raises(UserError, match="runs .onnx files only"):
+        live_model_path("default", "int8.tflite", "cuda")

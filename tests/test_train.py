@@ -129,11 +129,24 @@ def test_init_fine_tunes_with_lookahead(stream_run, dataset, tmp_path):
         copy_weights(stream_run, build_unet(preset("stream")))
 
     run = tmp_path / "ahead"
-    unetsep("train", "--data", dataset, "--preset", "tiny-stream", "--epochs", 1, "--steps", 2,
-            "--init", stream_run, "--lookahead", 64, "--lr", 1e-4, "--out", run)
+    line = ("train", "--data", dataset, "--preset", "tiny-stream", "--epochs", 1, "--steps", 2,
+            "--lookahead", 64, "--lr", 1e-4, "--out", run)
+    # A look-ahead that is not whole hops fails before the run folder says anything; the
+    # corrected line then starts the run.
+    bad = unetsep("train", "--data", dataset, "--preset", "tiny-stream", "--lookahead", 32, "--out", run,
+                  check=False)
+    assert bad.returncode != 0 and "whole number of hops" in bad.stderr
+    assert not (run / "config.json").exists()
+    r = unetsep(*line, "--init", stream_run)
+    assert f"starting from the weights of {stream_run.resolve()}" in r.stdout
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["lookahead"] == 64 and cfg["learning_rate"] == 1e-4
     assert cfg["extra"]["init"] == str(stream_run.resolve())
+    # Rerunning the line without --init keeps the run's start; another --init is refused.
+    unetsep(*line)
+    assert json.loads((run / "config.json").read_text())["extra"]["init"] == str(stream_run.resolve())
+    other = unetsep(*line, "--init", tmp_path, check=False)
+    assert other.returncode != 0 and "holds a run started from" in other.stderr
     bad = unetsep("train", "--data", dataset, "--preset", "seed", "--lookahead", 64,
                   "--out", tmp_path / "x", check=False)
     assert bad.returncode != 0 and "--lookahead is for the streaming presets" in bad.stderr

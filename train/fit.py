@@ -268,13 +268,18 @@ def copy_weights(source: str | Path, model) -> None:
 
     path = Path(source)
     if path.is_dir():
+        last = latest_checkpoint(path)
+        hint = f" (its last checkpoint: {last[1]})" if last else ""
         path = path / "model.keras"
+        if not path.is_file():
+            raise UserError(f"--init {source} is a folder without model.keras{hint}; pass a .keras file")
     if not path.is_file():
-        raise UserError(f"--init {source}: no such .keras model (give a model.keras or a run folder)")
+        raise UserError(f"--init {source}: no such file; pass a .keras model or a finished run's folder")
     try:
         src = keras.models.load_model(path, compile=False)
-    except (ValueError, OSError) as e:
-        raise UserError(f"--init {source} is not a Keras model this unetsep can load ({e})") from None
+    except Exception:  # Keras says "File not found" for a damaged zip, and worse for other files
+        raise UserError(f"--init {source} cannot be loaded as a Keras model; pass a .keras file "
+                        f"written by 'unetsep train'") from None
     have = {layer.name: layer for layer in src.layers}
     for layer in model.layers:
         if not layer.weights:
@@ -287,12 +292,14 @@ def copy_weights(source: str | Path, model) -> None:
         layer.set_weights(other.get_weights())
 
 
-def _check_resumable(run: Path, cfg: UNetConfig) -> None:
+def _check_resumable(run: Path, cfg: UNetConfig) -> UNetConfig:
+    """The run's stored config, after checking `cfg` may resume it."""
     old = UNetConfig.from_json((run / "config.json").read_text())
     diff = [k for k in RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
     if diff:
         raise UserError(f"{run} holds a run with different {', '.join(diff)}; pass another --out "
                         f"or the same settings to resume it")
+    return old
 
 
 def train(data: str | Path, out: str | Path, target: str = "drums", preset_name: str = "seed",
@@ -330,23 +337,27 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     # One epoch: every hop of the training tracks once, in expectation.
     frames_per_batch = cfg.batch_size * (cfg.segment // cfg.frame if cfg.streaming else 1)
     steps = steps or max(1, total_frames(train_db.tracks, cfg.frame) // frames_per_batch)
-    cfg = replace(cfg, extra={"data": str(Path(data).resolve()), "trained_on": Path(data).name,
-                              "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
-                              "train_tracks": len(train_db.tracks),
-                              "valid_tracks": len(valid_db.tracks), "augment": augment,
-                              **({"init": str(Path(init).resolve())} if init else {})})
     chief = is_chief()  # the other workers of a cluster write nothing into the run folder
     try:
         if chief:
             run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {run}: {e.strerror}; choose another --out") from None
-    if (run / "config.json").is_file():
-        _check_resumable(run, cfg)
-    # Written on resume too: a resumed run may extend --epochs or add a --lr-final tail, and the
-    # run folder must say what it was trained with (history.csv has each epoch's rate).
-    if chief:
-        write_atomic(run / "config.json", lambda p: p.write_text(cfg.to_json()))
+    old = _check_resumable(run, cfg) if (run / "config.json").is_file() else None
+    # A run started from --init keeps that start: rerunning its line without --init resumes it
+    # (even before its first checkpoint), another --init is refused.
+    if init is not None:
+        init = str(Path(init).resolve())
+        if old is not None and old.extra.get("init") != init:
+            raise UserError(f"{run} holds a run started from {old.extra.get('init') or 'random weights'}; "
+                            f"pass another --out to start one from {init}")
+    elif old is not None:
+        init = old.extra.get("init")
+    cfg = replace(cfg, extra={"data": str(Path(data).resolve()), "trained_on": Path(data).name,
+                              "seed": seed, "steps_per_epoch": steps, "strategy": strategy,
+                              "train_tracks": len(train_db.tracks),
+                              "valid_tracks": len(valid_db.tracks), "augment": augment,
+                              **({"init": init} if init else {})})
 
     keras.utils.set_random_seed(seed)
     dist = make_strategy(strategy)
@@ -368,6 +379,12 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
             if init:
                 copy_weights(init, model)
                 print(f"starting from the weights of {init}", flush=True)
+    # Written once the settings proved buildable (a bad --lookahead or --init must not leave a
+    # config that refuses the corrected line), and on resume too: a resumed run may extend
+    # --epochs or add a --lr-final tail, and the run folder must say what it was trained with
+    # (history.csv has each epoch's rate).
+    if chief:
+        write_atomic(run / "config.json", lambda p: p.write_text(cfg.to_json()))
     rows = [r for r in read_history(run) if r["epoch"] <= initial_epoch]
 
     # The excerpt stream is seeded once per start of training (not per epoch: one stream runs

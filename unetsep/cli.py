@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from unetsep.runtime.contract import FORMATS
 from unetsep.runtime.errors import UserError
 
 
@@ -227,7 +228,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(live.list_devices())
         return 0
-    from unetsep.runtime.backends import live_model_path, open_model
+    from unetsep.runtime.backends import live_model_path, open_model, resolve_model
 
     if args.json:
         from unetsep.runtime.files import check_writable
@@ -236,8 +237,9 @@ def cmd_live(args: argparse.Namespace) -> int:
     path = live_model_path(args.model, args.format, args.provider)
     model = open_model(path, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
     if not args.quiet:
-        print(f"live: {path.name} ({model.provider}); --format picks another of a shipped model's files",
-              file=sys.stderr)
+        other = "" if args.format != "auto" or path.parent != resolve_model(args.model).parent else \
+            "; --format picks another of its files"
+        print(f"live: {path.name} ({model.provider}){other}", file=sys.stderr)
     # The status line: once per second from the main thread, on a terminal only (a log or a pipe
     # gets the summary alone), rewritten in place.
     on_terminal = sys.stderr.isatty() and not args.quiet
@@ -482,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this .keras model's weights (or a run folder's model.keras), "
                         "layer by layer: fine-tune a trained model, e.g. with another --lookahead")
     t.add_argument("--lr-final", type=positive_float, metavar="LR",
-                   help="learning rate of the last epoch, reached by a cosine from the preset's "
+                   help="learning rate of the last epoch, reached by a cosine from --lr "
                         "(default: constant); may be added when resuming a run with more --epochs")
     t.add_argument("--out", default="runs/default", help="run directory (default runs/default); "
                    "an interrupted run there resumes")
@@ -536,10 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "no-<target> (everything else) or blend (the target over the rest at -12 dB)")
     v.add_argument("--seconds", "-s", type=positive_float, help="stop after S seconds (default: Ctrl-C)")
     v.add_argument("--provider", "-d", default="cpu", help="cpu (default), cuda or auto")
-    v.add_argument("--format", "-f", default="auto",
-                   help="which of a shipped model's files: auto (default: the LiteRT int8 model when "
+    v.add_argument("--format", "-f", default="auto", metavar="FORMAT",
+                   help="which of a shipped model's files: auto (default: the LiteRT int8 file when "
                         "LiteRT is installed and it passed export's checks, on the CPU; else the "
-                        "float32 ONNX), onnx, int8.onnx, tflite, int8.tflite")
+                        f"float32 ONNX) or one of {', '.join(FORMATS)}")
     v.add_argument("--json", help="also write the summary as JSON here")
     v.add_argument("-q", "--quiet", action="store_true",
                    help="no status line and no summary (for scripts; errors still print; --json still written)")
