@@ -228,7 +228,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(live.list_devices())
         return 0
-    from unetsep.runtime.backends import live_model_path, open_model, resolve_model
+    from unetsep.runtime.backends import live_model_path, open_model
 
     if args.json:
         from unetsep.runtime.files import check_writable
@@ -236,10 +236,6 @@ def cmd_live(args: argparse.Namespace) -> int:
         check_writable(args.json, "--json")
     path = live_model_path(args.model, args.format, args.provider)
     model = open_model(path, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
-    if not args.quiet:
-        other = "" if args.format != "auto" or path.parent != resolve_model(args.model).parent else \
-            "; --format picks another of its files"
-        print(f"live: {path.name} ({model.provider}){other}", file=sys.stderr)
     # The status line: once per second from the main thread, on a terminal only (a log or a pipe
     # gets the summary alone), rewritten in place.
     on_terminal = sys.stderr.isatty() and not args.quiet
@@ -259,8 +255,8 @@ def cmd_live(args: argparse.Namespace) -> int:
 
             write_text_atomic(Path(args.json), live.report_json(r))
         return 0
-    print(f"live: {r.callbacks} callbacks of {r.blocksize} samples x {r.channels} channels in "
-          f"{r.seconds:.1f} s; xruns {r.xruns} ({r.xruns_after_first_second} after the first second); "
+    print(f"live: {path.name} ({r.provider}), {r.callbacks} callbacks of {r.blocksize} samples x "
+          f"{r.channels} channels in {r.seconds:.1f} s; xruns {r.xruns} ({r.xruns_after_first_second} after the first second); "
           f"callback p50 {r.callback_p50_us:.0f} us, p99 {r.callback_p99_us:.0f} us, max "
           f"{r.callback_max_us:.0f} us; CPU load {r.cpu_load:.0%}; stream latency in/out "
           f"{r.stream_latency_ms[0]:.2f}/{r.stream_latency_ms[1]:.2f} ms + model "
