@@ -280,25 +280,26 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
         return Path(path)
 
 
-def default_model_path() -> Path:
-    """$UNETSEP_MODEL (a name or a path), else the shipped model `default`."""
-    env = os.environ.get("UNETSEP_MODEL")
-    return resolve_model(env) if env else shipped_model(DEFAULT_MODEL)
-
-
-def resolve_model(model: str | Path | None) -> Path:
-    """--model as given: an existing file, a shipped model's name (`default`, `seed`), or None
-    for the default. A path that names no file is reported by load_model."""
-    if model is None or model == "":
-        return default_model_path()
-    if _names_a_file(model):
-        return Path(model)
-    return shipped_model(str(model))
+def _model_arg(model: str | Path | None) -> str | Path:
+    """--model as the user chose it: given, else $UNETSEP_MODEL (a name or a path), else `default`."""
+    return model or os.environ.get("UNETSEP_MODEL") or DEFAULT_MODEL
 
 
 def _names_a_file(model: str | Path) -> bool:
     path = Path(model)
     return path.is_file() or path.suffix in (".onnx", ".tflite") or len(path.parts) > 1
+
+
+def default_model_path() -> Path:
+    """$UNETSEP_MODEL (a name or a path), else the shipped model `default`."""
+    return resolve_model(None)
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """--model as given: an existing file, a shipped model's name (`default`, `seed`), or None
+    for the default. A path that names no file is reported by load_model."""
+    name = _model_arg(model)
+    return Path(name) if _names_a_file(name) else shipped_model(str(name))
 
 
 def passed_check(model_file: Path) -> bool:
@@ -319,8 +320,7 @@ def live_model_path(model: str | Path | None, fmt: str = "auto", provider: str =
     ONNX model's), else the float32 ONNX."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}: choose auto or one of {', '.join(FORMATS)}")
-    env = os.environ.get("UNETSEP_MODEL")
-    name = model or env or DEFAULT_MODEL
+    name = _model_arg(model)
     if _names_a_file(name):
         if fmt != "auto":
             given = f"--model {name}" if model else f"UNETSEP_MODEL={name}"

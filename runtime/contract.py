@@ -19,11 +19,11 @@ LAYOUT = "batch,samples,1"
 CONTRACT_VERSION = 1  # stateless frame models (the seed); 2 adds carried state (streaming)
 STREAMING_VERSION = 2
 
-# Keys every model must carry; `ModelInfo.from_metadata` rejects a model that lacks one.
 # The files 'unetsep export' writes, <target>.<suffix>: suffix -> kind of model.
 FORMATS = {"onnx": "float32", "tflite": "float32", "fp16.tflite": "float16",
            "int8.onnx": "int8", "dynint8.tflite": "int8", "int8.tflite": "int8"}
 
+# Keys every model must carry; `ModelInfo.from_metadata` rejects a model that lacks one.
 REQUIRED_KEYS = ("sample_rate", "frame", "context", "target", "input_name", "output_name", "layout")
 
 

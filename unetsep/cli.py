@@ -256,7 +256,8 @@ def cmd_live(args: argparse.Namespace) -> int:
             write_text_atomic(Path(args.json), live.report_json(r))
         return 0
     print(f"live: {path.name} ({r.provider}), {r.callbacks} callbacks of {r.blocksize} samples x "
-          f"{r.channels} channels in {r.seconds:.1f} s; xruns {r.xruns} ({r.xruns_after_first_second} after the first second); "
+          f"{r.channels} channels in {r.seconds:.1f} s; xruns {r.xruns} "
+          f"({r.xruns_after_first_second} after the first second); "
           f"callback p50 {r.callback_p50_us:.0f} us, p99 {r.callback_p99_us:.0f} us, max "
           f"{r.callback_max_us:.0f} us; CPU load {r.cpu_load:.0%}; stream latency in/out "
           f"{r.stream_latency_ms[0]:.2f}/{r.stream_latency_ms[1]:.2f} ms + model "
