@@ -130,7 +130,7 @@ def test_init_fine_tunes_with_lookahead(stream_run, dataset, tmp_path):
 
     run = tmp_path / "ahead"
     line = ("train", "--data", dataset, "--preset", "tiny-stream", "--epochs", 1, "--steps", 2,
-            "--lookahead", 64, "--lr", 1e-4, "--out", run)
+            "--lookahead", 64, "--lr", 1e-4, "--loss", "sdr", "--out", run)
     # A look-ahead that is not whole hops fails before the run folder says anything; the
     # corrected line then starts the run.
     bad = unetsep("train", "--data", dataset, "--preset", "tiny-stream", "--lookahead", 32, "--out", run,
@@ -140,7 +140,11 @@ def test_init_fine_tunes_with_lookahead(stream_run, dataset, tmp_path):
     r = unetsep(*line, "--init", stream_run)
     assert f"starting from the weights of {stream_run.resolve()}" in r.stdout
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["lookahead"] == 64 and cfg["learning_rate"] == 1e-4
+    assert cfg["lookahead"] == 64 and cfg["learning_rate"] == 1e-4 and cfg["loss"] == "sdr"
+    with open(run / "history.csv") as f:
+        (row,) = csv.DictReader(f)
+    # In dB: an all-zero estimate scores ~0 on the SDR loss.
+    assert abs(float(row["val_zero_estimate"])) < 0.01 and float(row["val_loss"]) == float(row["val_loss"])
     assert cfg["extra"]["init"] == str(stream_run.resolve())
     # Rerunning the line without --init keeps the run's start; another --init is refused.
     unetsep(*line)
@@ -150,3 +154,36 @@ def test_init_fine_tunes_with_lookahead(stream_run, dataset, tmp_path):
     bad = unetsep("train", "--data", dataset, "--preset", "seed", "--lookahead", 64,
                   "--out", tmp_path / "x", check=False)
     assert bad.returncode != 0 and "--lookahead is for the streaming presets" in bad.stderr
+
+
+def test_sdr_loss_is_the_negative_sdr_and_refused_where_it_cannot_work(dataset, tmp_path):
+    """--loss sdr: per segment after the burn-in, 10 log10(|s - est|^2 / |s|^2) in dB, so an
+    estimate's score does not depend on the song's level; refused with one line for the frame-by-frame seed and for an unknown name, before a run folder is written."""
+    pytest.importorskip("keras")
+    import numpy as np
+
+    from unetsep.train.model import SegmentLoss
+
+    rng = np.random.default_rng(0)
+    stem = rng.normal(size=(2, 4096, 1)).astype("float32")
+    mix = stem + rng.normal(size=(2, 4096, 1)).astype("float32")
+    noise = rng.normal(size=stem.shape).astype("float32")
+    loss = SegmentLoss(burn_in=1024, sdr=True)
+    for gain in (1e-3, 1.0):
+        y = np.concatenate([stem, mix], -1) * gain
+        s2, m2 = (stem[:, 1024:] ** 2).sum((1, 2)), (mix[:, 1024:] ** 2).sum((1, 2))
+        scores = []
+        for scale in (0.1, 0.01):
+            got = loss.call(y, (stem + scale * noise) * gain).numpy()
+            n2 = ((scale * noise[:, 1024:]) ** 2).sum((1, 2))
+            # The error, floored at -30 dB of the stem, both sides plus -30 dB of the mixture.
+            want = 10 * np.log10((n2 + 1e-3 * s2 + 1e-3 * m2) / (s2 + 1e-3 * m2))
+            np.testing.assert_allclose(got, want, atol=0.01)
+            scores.append(got)
+        assert np.all(scores[1] < scores[0] - 5)
+        assert np.all(np.abs(SegmentLoss(1024, sdr=True, zero=True).call(y, stem).numpy()) < 0.01)
+    for preset, name, message in (("seed", "sdr", "use a streaming preset"), ("stream", "l2", "unknown loss")):
+        r = unetsep("train", "--data", dataset, "--preset", preset, "--loss", name, "--out", tmp_path / name,
+                    check=False)
+        assert r.returncode != 0 and message in r.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / name / "config.json").exists()

@@ -35,6 +35,17 @@ CHECKPOINTS = "checkpoint"
 HISTORY_FIELDS = ("epoch", "lr", "loss", "zero_estimate", "val_loss", "val_zero_estimate", "seconds",
                   "frames_per_s")
 SILENT_RATIO = 0.95  # validation loss above this fraction of the zero estimate's: warn
+SILENT_DB = 1.0  # sdr loss (in dB, the zero estimate's ~0): warn when within this of it
+
+
+def sits_on_silence(row: dict, loss: str) -> bool:
+    """Whether an epoch's validation loss is hardly better than an all-zero estimate's."""
+    if loss == "sdr":
+        return row["val_loss"] >= row["val_zero_estimate"] - SILENT_DB
+    return row["val_loss"] >= SILENT_RATIO * row["val_zero_estimate"]
+
+
+LOSS_LABELS = {"mae": "MAE", "nmae": "MAE / mixture level", "sdr": "-SDR (dB)"}
 # Fields that must match for a run directory to be resumed with a new command line.
 RESUME_KEYS = ("preset", "target", "frame", "context", "filters", "kernel_size", "stride",
                "batch_size", "learning_rate", "streaming", "taps", "memory_units", "lookahead",
@@ -96,8 +107,8 @@ def read_history(run: Path) -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
-def plot_history(rows: list[dict], path: Path) -> None:
-    """Train and validation MAE per epoch, like the seed's plot."""
+def plot_history(rows: list[dict], path: Path, loss: str = "mae") -> None:
+    """Train and validation loss per epoch, like the seed's plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,13 +116,13 @@ def plot_history(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [r["epoch"] for r in rows]
-    ax.plot(epochs, [r["loss"] for r in rows], "o-", label="train MAE")
-    ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation MAE")
+    ax.plot(epochs, [r["loss"] for r in rows], "o-", label="train")
+    ax.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation")
     zero = [(r["epoch"], r["val_zero_estimate"]) for r in rows if "val_zero_estimate" in r]
     if zero:
         ax.plot(*zip(*zero), "k--", label="all-zero estimate (validation)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (MAE, normalised for streaming presets)")
+    ax.set_ylabel(f"loss ({LOSS_LABELS.get(loss, loss)})")
     ax.set_title("U-Net training")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -143,7 +154,8 @@ def _scratch() -> Path:
     return Path(os.environ.get("TMPDIR", "/tmp")) / f"unetsep-worker-{os.getpid()}"
 
 
-def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: int, chief: bool):
+def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: int, chief: bool,
+                   loss: str = "mae"):
     import keras
 
     class RunRecorder(keras.callbacks.Callback):
@@ -164,15 +176,15 @@ def _make_recorder(run: Path, rows: list[dict], frames_per_epoch: int, epochs: i
                   f"{row['zero_estimate']:.5f}), validation {row['val_loss']:.5f} (all-zero "
                   f"{row['val_zero_estimate']:.5f}), {dt:.1f} s, {row['frames_per_s']:.0f} frames/s",
                   flush=True)
-            if row["val_loss"] >= SILENT_RATIO * row["val_zero_estimate"]:
-                print(f"warning: the validation loss is above {SILENT_RATIO:.0%} of an all-zero "
-                      f"estimate's: the model does little better than silence", flush=True)
+            if sits_on_silence(row, loss):
+                print("warning: the validation loss is close to an all-zero estimate's: the model "
+                      "does little better than silence", flush=True)
             target = run if chief else _scratch()
             (target / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             # History first, then the checkpoint: a kill in between redoes this epoch on resume,
             # and the resumed run trims history back to the checkpoint.
             _write_history(target, rows)
-            plot_history(rows, target / "loss.png")
+            plot_history(rows, target / "loss.png", loss)
             ckpt = target / CHECKPOINTS / f"epoch-{epoch + 1:04d}.keras"
             write_atomic(ckpt, lambda p: self.model.save(p))
             for old in (target / CHECKPOINTS).glob("epoch-*.keras"):
@@ -201,7 +213,7 @@ def fit_multiworker(model, dist, data, validation: tuple, val_batch: int, epochs
     # The compiled loss and the all-zero estimate's, per example (unreduced).
     loss_fn = keras.losses.get(model.loss)
     per_example = loss_fn.call if isinstance(loss_fn, keras.losses.Loss) else loss_fn
-    zero_fn = SegmentLoss(*loss_settings(cfg), zero=True).call
+    zero_fn = SegmentLoss(**loss_settings(cfg), zero=True).call
 
     @tf.function
     def train_step(batch):
@@ -306,7 +318,8 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
           epochs: int | None = None, batch_size: int | None = None, steps: int | None = None,
           strategy: str = "default", seed: int = 0, stock_layers: bool = False,
           augment: bool = True, lr_final: float | None = None, learning_rate: float | None = None,
-          lookahead: int | None = None, init: str | Path | None = None) -> Path:
+          lookahead: int | None = None, init: str | Path | None = None,
+          loss: str | None = None) -> Path:
     """Train (or resume) a run in `out`; returns the path of the trained model.keras.
 
     `init`: a .keras model (or a run folder holding model.keras) whose weights start a new run,
@@ -318,7 +331,8 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
 
     run = Path(out)
     cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size, lr_final=lr_final,
-                 learning_rate=learning_rate, lookahead=lookahead)
+                 learning_rate=learning_rate, lookahead=lookahead, loss=loss)
+    loss_settings(cfg)  # an unknown or unfit --loss fails here, before anything is written
     if cfg.lookahead and not cfg.streaming:
         raise UserError(f"--lookahead is for the streaming presets; preset {cfg.preset!r} decides "
                         f"each frame alone (use --preset stream)")
@@ -410,7 +424,7 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
           f"tracks, validating on {len(valid_db.tracks)} ({len(xv):,} {unit}); {steps} steps of "
           f"{cfg.batch_size} {unit} per epoch, {dist.num_replicas_in_sync} replica"
           f"{'s' if dist.num_replicas_in_sync > 1 else ''}", flush=True)
-    recorder = _make_recorder(run, rows, steps * frames_per_batch, cfg.epochs, chief)
+    recorder = _make_recorder(run, rows, steps * frames_per_batch, cfg.epochs, chief, cfg.loss)
     callbacks = [recorder]
     if cfg.lr_final is not None:
         callbacks.insert(0, keras.callbacks.LearningRateScheduler(

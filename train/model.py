@@ -39,7 +39,9 @@ class UNetConfig:
     lookahead: int = 0  # samples (whole hops) the output waits for
     segment_seconds: float = 0.0  # training examples: continuous segments of this length
     burn_in_seconds: float = 0.0  # no loss on the first seconds of a segment (zero initial state)
-    loss: str = "mae"  # mae (the seed's) | nmae (MAE normalised by the mixture level, per segment)
+    # mae (the seed's) | nmae (MAE normalised by the mixture level, per segment) | sdr (negative
+    # signal-to-distortion ratio per segment, in dB: the L2 measure museval scores)
+    loss: str = "mae"
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -187,31 +189,48 @@ def _split_true(y_true):
     return (y_true[..., :1], y_true[..., 1:]) if y_true.shape[-1] == 2 else (y_true, None)
 
 
+# SDR loss: distortion is floored at -30 dB of the stem (so one segment cannot run off to -inf)
+# and both energies get 1e-3 of the mixture's (a segment without drums scores ~0 whatever the
+# estimate, instead of a ratio of two near-zero numbers).
+SDR_CAP = 1e-3
+SDR_FLOOR = 1e-3
+
+
 @keras.saving.register_keras_serializable(package="unetsep")
 class SegmentLoss(keras.losses.Loss):
-    """MAE after `burn_in` samples; `normalise`: per segment, divided by the mixture's mean
-    absolute level, so loud and quiet songs weigh the same and the loss does not depend on the
-    input gain. (A residual term, |(mix - est) - (mix - stem)|, would equal this one exactly for a
-    masked estimate, so it adds nothing.)"""
+    """Per segment, after `burn_in` samples: the MAE, or (`normalise`) the MAE divided by the
+    mixture's mean absolute level, so loud and quiet songs weigh the same and the loss does not
+    depend on the input gain; or (`sdr`) 10 log10(|stem - est|^2 / |stem|^2), the negative SDR in
+    dB, also gain-free, and the L2 measure museval scores. An all-zero estimate scores ~0 dB on it.
+    (A residual term, |(mix - est) - (mix - stem)|, would equal any of these exactly for a masked
+    estimate, so it adds nothing.)"""
 
-    def __init__(self, burn_in: int = 0, normalise: bool = False, zero: bool = False, **kwargs):
+    def __init__(self, burn_in: int = 0, normalise: bool = False, zero: bool = False,
+                 sdr: bool = False, **kwargs):
         kwargs.setdefault("name", "zero_estimate" if zero else "segment_loss")
         super().__init__(**kwargs)
-        self.burn_in, self.normalise, self.zero = burn_in, normalise, zero
+        self.burn_in, self.normalise, self.zero, self.sdr = burn_in, normalise, zero, sdr
 
     def call(self, y_true, y_pred):
         import keras.ops as ops
 
         stem, mix = _split_true(y_true)
-        est = ops.zeros_like(stem) if self.zero else y_pred
-        err = ops.mean(ops.abs(stem[:, self.burn_in:] - est[:, self.burn_in:]), axis=(1, 2))
+        stem = stem[:, self.burn_in:]
+        est = ops.zeros_like(stem) if self.zero else y_pred[:, self.burn_in:]
+        if self.sdr:
+            signal = ops.sum(ops.square(stem), axis=(1, 2))  # (B,)
+            floor = SDR_FLOOR * (ops.sum(ops.square(mix[:, self.burn_in:]), axis=(1, 2))
+                                 if mix is not None else ops.mean(signal)) + 1e-8
+            noise = ops.sum(ops.square(stem - est), axis=(1, 2)) + SDR_CAP * signal
+            return 10.0 * (ops.log(noise + floor) - ops.log(signal + floor)) / ops.log(10.0)
+        err = ops.mean(ops.abs(stem - est), axis=(1, 2))
         if self.normalise and mix is not None:
             err = err / (ops.mean(ops.abs(mix[:, self.burn_in:]), axis=(1, 2)) + 1e-5)
         return err
 
     def get_config(self):
         return {**super().get_config(), "burn_in": self.burn_in, "normalise": self.normalise,
-                "zero": self.zero}
+                "zero": self.zero, "sdr": self.sdr}
 
 
 @keras.saving.register_keras_serializable(package="unetsep")
@@ -219,33 +238,43 @@ class ZeroEstimate(keras.metrics.Mean):
     """The training loss of an all-zero estimate on the same batch: a model whose loss sits here
     has learned silence."""
 
-    def __init__(self, burn_in: int = 0, normalise: bool = False, name: str = "zero_estimate", **kwargs):
+    def __init__(self, burn_in: int = 0, normalise: bool = False, name: str = "zero_estimate",
+                 sdr: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.burn_in, self.normalise = burn_in, normalise
-        self._loss = SegmentLoss(burn_in, normalise, zero=True)
+        self.burn_in, self.normalise, self.sdr = burn_in, normalise, sdr
+        self._loss = SegmentLoss(burn_in, normalise, zero=True, sdr=sdr)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         return super().update_state(self._loss.call(y_true, y_pred), sample_weight)
 
     def get_config(self):
-        return {**super().get_config(), "burn_in": self.burn_in, "normalise": self.normalise}
+        return {**super().get_config(), "burn_in": self.burn_in, "normalise": self.normalise,
+                "sdr": self.sdr}
 
 
-def loss_settings(cfg: UNetConfig) -> tuple[int, bool]:
-    """(burn_in, normalise) of the preset's loss and of its all-zero estimate."""
-    if cfg.loss not in ("mae", "nmae"):
-        raise UserError(f"unknown loss {cfg.loss!r}: choose mae or nmae")
-    return (cfg.burn_in if cfg.streaming else 0), cfg.loss == "nmae"
+LOSSES = ("mae", "nmae", "sdr")
+
+
+def loss_settings(cfg: UNetConfig) -> dict:
+    """SegmentLoss's settings (burn_in, normalise, sdr) for the preset's loss and its all-zero
+    estimate."""
+    if cfg.loss not in LOSSES:
+        raise UserError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSSES)}")
+    if cfg.loss == "sdr" and not cfg.streaming:
+        raise UserError("--loss sdr scores whole segments: use a streaming preset (--preset stream) "
+                        "or --loss mae")
+    return {"burn_in": cfg.burn_in if cfg.streaming else 0, "normalise": cfg.loss == "nmae",
+            "sdr": cfg.loss == "sdr"}
 
 
 def compile_unet(model: keras.Model, cfg: UNetConfig) -> keras.Model:
     """Adam and the preset's loss, with the all-zero estimate's loss as a metric beside it."""
-    burn, normalise = loss_settings(cfg)
-    loss = "mae" if not cfg.streaming and not normalise else SegmentLoss(burn, normalise)
+    settings = loss_settings(cfg)
+    loss = "mae" if cfg.loss == "mae" and not cfg.streaming else SegmentLoss(**settings)
     # Streaming presets backpropagate through thousands of GRU steps: clip the gradient's norm.
     clip = 1.0 if cfg.streaming else None
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=clip), loss=loss,
-                  metrics=[ZeroEstimate(burn, normalise)])
+                  metrics=[ZeroEstimate(**settings)])
     return model
 
 

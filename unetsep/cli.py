@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                      epochs=args.epochs, batch_size=args.batch_size, steps=args.steps,
                      strategy=args.strategy, seed=args.seed, stock_layers=args.stock_layers,
                      augment=not args.no_augment, lr_final=args.lr_final, learning_rate=args.lr,
-                     lookahead=args.lookahead, init=args.init)
+                     lookahead=args.lookahead, init=args.init, loss=args.loss)
     print(f"trained model: {path}")
 
 
@@ -483,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-final", type=positive_float, metavar="LR",
                    help="learning rate of the last epoch, reached by a cosine from --lr "
                         "(default: constant); may be added when resuming a run with more --epochs")
+    t.add_argument("--loss", metavar="LOSS",
+                   help="mae (the seed's), nmae (MAE over the mixture's level; the stream preset's) "
+                        "or sdr (stream presets: negative SDR per segment in dB)")
     t.add_argument("--out", default="runs/default", help="run directory (default runs/default); "
                    "an interrupted run there resumes")
     t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
