@@ -354,7 +354,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 bounds[model_name(m.path, m.info.target)] = b
                 bound = bound or b
         for r in results:
-            b = bounds.get(r["model"]) or bounds.get(r["model"].removesuffix("-int8"))
+            # A quantized file is set against its float model's bound (default-int8-tflite: default).
+            base = r["model"].removesuffix("-tflite")
+            for variant in {k.split(".")[0] for k in FORMATS if "." in k}:
+                base = base.removesuffix(f"-{variant}")
+            b = bounds.get(r["model"]) or bounds.get(base)
             if b:
                 r["x_bound"] = r["p50_us_per_frame"] / b["bound_us"]
     print(f"{'model':22s} {'backend':12s} {'batch':>5s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} "
