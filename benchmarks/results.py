@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..runtime.backends import live_model_path, shipped_model
 from ..runtime.files import write_text_atomic
-from ..runtime.separate import model_name
+from ..runtime.separate import float_model_name, model_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -100,13 +100,13 @@ def main(argv=None) -> None:
     # The live case runs one model alone: interleaving with other models evicts its weights from
     # the cache between calls, so time each float32 model (and the live default) by itself too.
     # Named as bench names them (model_name): default, seed, default-int8-tflite.
-    alone = [(model_name(p, "drums"), p) for p in (default, seed, lite) if p]
+    alone = [(model_name(p, p.name.split(".")[0]), p) for p in (default, seed, lite) if p]
     bounds = b.get("bounds") or ({"default": b["bound"]} if b.get("bound") else {})
     for name, path in alone:
         for r in _bench(cli, [str(path)], 2 * args.frames, tmp / f"{name}-alone.json", [1, 2])["results"]:
             r["model"] = f"{name} (alone)"
             # A run of one LiteRT file measures no bound: that of its float model in the main run.
-            bd = bounds.get(name.split("-")[0])
+            bd = bounds.get(float_model_name(name))
             if "x_bound" not in r and bd:
                 r["x_bound"] = r["p50_us_per_frame"] / bd["bound_us"]
             b["results"].append(r)

@@ -108,6 +108,17 @@ def model_name(path: Path, target: str) -> str:
     return "-".join([base, *variant])
 
 
+def float_model_name(name: str) -> str:
+    """model_name's name of the float32 model a converted file came from: 'default-int8-tflite',
+    'default-fp16-tflite', 'default-int8' -> 'default'."""
+    from .contract import FORMATS
+
+    base = name.removesuffix("-tflite")
+    for variant in {k.split(".")[0] for k in FORMATS if "." in k}:
+        base = base.removesuffix(f"-{variant}")
+    return base
+
+
 class _Resampler:
     """soxr streaming resampler per direction; identity when the rates match."""
 

@@ -89,3 +89,17 @@ def test_band_diagnostics_find_bleed_loss_and_pumping():
     ducked = band_scores(mix, drums, drums + rest * (1 - gain), rate)
     assert abs(ducked["pumping_db"] - 20 * np.log10(2) / 2) < 0.01
     assert exact["pumping_db"] < 1e-6
+
+
+def test_converted_files_take_their_float_models_bound():
+    """bench sets a converted file's p50 against the compute bound of the float model it came from."""
+    from unetsep.runtime.separate import float_model_name, model_name
+
+    for file, name in (("models/default/drums.int8.tflite", "default-int8-tflite"),
+                       ("models/default/drums.fp16.tflite", "default-fp16-tflite"),
+                       ("models/default/drums.dynint8.tflite", "default-dynint8-tflite"),
+                       ("models/seed/drums.int8.onnx", "seed-int8"),
+                       ("runs/stream-real/drums.int8.tflite", "stream-real-int8-tflite")):
+        assert model_name(Path(file), "drums") == name
+        assert float_model_name(name) == Path(file).parent.name
+    assert float_model_name("seed") == "seed"

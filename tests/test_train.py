@@ -151,6 +151,8 @@ def test_init_fine_tunes_with_lookahead(stream_run, dataset, tmp_path):
     assert json.loads((run / "config.json").read_text())["extra"]["init"] == str(stream_run.resolve())
     other = unetsep(*line, "--init", tmp_path, check=False)
     assert other.returncode != 0 and "holds a run started from" in other.stderr
+    other = unetsep(*[a for a in line if a not in ("--loss", "sdr")], check=False)
+    assert other.returncode == 2 and "loss (sdr in the run, nmae here)" in other.stderr
     bad = unetsep("train", "--data", dataset, "--preset", "seed", "--lookahead", 64,
                   "--out", tmp_path / "x", check=False)
     assert bad.returncode != 0 and "--lookahead is for the streaming presets" in bad.stderr
@@ -185,5 +187,5 @@ def test_sdr_loss_is_the_negative_sdr_and_refused_where_it_cannot_work(dataset, 
     for preset, name, message in (("seed", "sdr", "use a streaming preset"), ("stream", "l2", "unknown loss")):
         r = unetsep("train", "--data", dataset, "--preset", preset, "--loss", name, "--out", tmp_path / name,
                     check=False)
-        assert r.returncode != 0 and message in r.stderr.strip().splitlines()[-1]
-        assert not (tmp_path / name / "config.json").exists()
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert message in r.stderr.strip().splitlines()[-1] and not (tmp_path / name).exists()

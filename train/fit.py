@@ -307,7 +307,8 @@ def copy_weights(source: str | Path, model) -> None:
 def _check_resumable(run: Path, cfg: UNetConfig) -> UNetConfig:
     """The run's stored config, after checking `cfg` may resume it."""
     old = UNetConfig.from_json((run / "config.json").read_text())
-    diff = [k for k in RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
+    diff = [f"{k} ({getattr(old, k)} in the run, {getattr(cfg, k)} here)" for k in RESUME_KEYS
+            if getattr(old, k) != getattr(cfg, k)]
     if diff:
         raise UserError(f"{run} holds a run with different {', '.join(diff)}; pass another --out "
                         f"or the same settings to resume it")
