@@ -29,6 +29,15 @@ def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float =
                     "between frames, so streaming them from DRAM (memory_bound_us) is not a floor"}
 
 
+def x_bound(model: str, p50_us_per_frame: float, bounds: dict) -> float | None:
+    """p50 per frame over the compute bound of `model` (bench's name), or of the float32 model a
+    converted file came from (default-int8-tflite: default's); None where no bound was measured."""
+    from ..runtime.separate import float_model_name
+
+    b = bounds.get(model) or bounds.get(float_model_name(model))
+    return p50_us_per_frame / b["bound_us"] if b else None
+
+
 def machine_rates(seconds: float = 1.0) -> tuple[float, float]:
     """(GEMM GFLOP/s on one core through onnxruntime, memory read GB/s through numpy)."""
     import onnxruntime as ort

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..runtime.backends import live_model_path, shipped_model
 from ..runtime.files import write_text_atomic
-from ..runtime.separate import float_model_name, model_name
+from .latency import x_bound
+from ..runtime.separate import model_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -106,9 +107,9 @@ def main(argv=None) -> None:
         for r in _bench(cli, [str(path)], 2 * args.frames, tmp / f"{name}-alone.json", [1, 2])["results"]:
             r["model"] = f"{name} (alone)"
             # A run of one LiteRT file measures no bound: that of its float model in the main run.
-            bd = bounds.get(float_model_name(name))
-            if "x_bound" not in r and bd:
-                r["x_bound"] = r["p50_us_per_frame"] / bd["bound_us"]
+            xb = None if "x_bound" in r else x_bound(name, r["p50_us_per_frame"], bounds)
+            if xb is not None:
+                r["x_bound"] = xb
             b["results"].append(r)
     if args.keras:
         # Keras is timed in its own process: TensorFlow's spinning thread pools and cache traffic

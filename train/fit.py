@@ -37,15 +37,7 @@ HISTORY_FIELDS = ("epoch", "lr", "loss", "zero_estimate", "val_loss", "val_zero_
 SILENT_RATIO = 0.95  # validation loss above this fraction of the zero estimate's: warn
 SILENT_DB = 1.0  # sdr loss (in dB, the zero estimate's ~0): warn when within this of it
 
-
-def sits_on_silence(row: dict, loss: str) -> bool:
-    """Whether an epoch's validation loss is hardly better than an all-zero estimate's."""
-    if loss == "sdr":
-        return row["val_loss"] >= row["val_zero_estimate"] - SILENT_DB
-    return row["val_loss"] >= SILENT_RATIO * row["val_zero_estimate"]
-
-
-LOSS_LABELS = {"mae": "MAE", "nmae": "MAE / mixture level", "sdr": "-SDR (dB)"}
+LOSS_LABELS = {"mae": "MAE", "nmae": "MAE / mixture level", "sdr": "-SDR (dB)"}  # loss.png's axis
 # Fields that must match for a run directory to be resumed with a new command line.
 RESUME_KEYS = ("preset", "target", "frame", "context", "filters", "kernel_size", "stride",
                "batch_size", "learning_rate", "streaming", "taps", "memory_units", "lookahead",
@@ -105,6 +97,13 @@ def read_history(run: Path) -> list[dict]:
     with open(path) as f:
         return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items() if v not in ("", None)}
                 for r in csv.DictReader(f)]
+
+
+def sits_on_silence(row: dict, loss: str) -> bool:
+    """Whether an epoch's validation loss is hardly better than an all-zero estimate's."""
+    if loss == "sdr":
+        return row["val_loss"] >= row["val_zero_estimate"] - SILENT_DB
+    return row["val_loss"] >= SILENT_RATIO * row["val_zero_estimate"]
 
 
 def plot_history(rows: list[dict], path: Path, loss: str = "mae") -> None:

@@ -221,8 +221,8 @@ class SegmentLoss(keras.losses.Loss):
         est = ops.zeros_like(stem) if self.zero else y_pred[:, self.burn_in:]
         if self.sdr:
             signal = ops.sum(ops.square(stem), axis=(1, 2))  # (B,)
-            floor = SDR_FLOOR * (ops.sum(ops.square(mix[:, self.burn_in:]), axis=(1, 2))
-                                 if mix is not None else ops.mean(signal)) + 1e-8
+            ref = stem if mix is None else mix[:, self.burn_in:]  # streaming targets carry the mix
+            floor = SDR_FLOOR * ops.sum(ops.square(ref), axis=(1, 2)) + 1e-8
             noise = ops.sum(ops.square(stem - est), axis=(1, 2)) + SDR_CAP * signal
             return 10.0 * (ops.log(noise + floor) - ops.log(signal + floor)) / ops.log(10.0)
         err = ops.mean(ops.abs(stem - est), axis=(1, 2))

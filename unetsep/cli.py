@@ -303,7 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unetsep.benchmarks import latency
     from unetsep.runtime.backends import cuda_available, load_model
     from unetsep.runtime.measures import Timed, time_calls
-    from unetsep.runtime.separate import float_model_name, model_name
+    from unetsep.runtime.separate import model_name
     from unetsep.runtime.stream import frame_call
 
     from unetsep.runtime.files import check_writable
@@ -354,10 +354,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 bounds[model_name(m.path, m.info.target)] = b
                 bound = bound or b
         for r in results:
-            # A quantized file is set against its float model's bound (default-int8-tflite: default).
-            b = bounds.get(r["model"]) or bounds.get(float_model_name(r["model"]))
-            if b:
-                r["x_bound"] = r["p50_us_per_frame"] / b["bound_us"]
+            xb = latency.x_bound(r["model"], r["p50_us_per_frame"], bounds)
+            if xb is not None:
+                r["x_bound"] = xb
     print(f"{'model':22s} {'backend':12s} {'batch':>5s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} "
           f"{'max':>8s} {'us/frame':>9s} {'misses':>6s} {'x bound':>7s}")
     for r in results:
