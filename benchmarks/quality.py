@@ -49,6 +49,10 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
 
     from ..runtime.errors import UserError
 
+    for m in models:
+        if m.info.target != target:
+            raise UserError(f"{m.path} separates {m.info.target}, not {target}; pass --target "
+                            f"{m.info.target} or a {target} model")
     rate = models[0].info.sample_rate
     db = open_db(data, subset, None, target, rate)
     tracks = db.tracks[:max_tracks] if max_tracks else db.tracks
@@ -64,7 +68,11 @@ def evaluate(data: str, models: list, target: str = "drums", subset: str = "test
         mix = t.audio.astype(np.float32) * gain
         stems = {k: v.audio.astype(np.float32) * gain for k, v in t.sources.items()}
         n = len(mix) if seconds is None else min(len(mix), int(seconds * rate))
-        n = n // models[0].info.frame * models[0].info.frame  # museval runs ~1x real time
+        frame = models[0].info.frame
+        n = n // frame * frame  # museval runs ~1x real time
+        whole = -(-rate // frame) * frame  # the fewest whole frames that fill museval's 1 s window
+        if n < rate and len(mix) >= whole:  # --seconds 1: round up rather than refuse
+            n = whole
         if n < rate:  # museval scores whole 1 s windows
             raise UserError(f"track {t.name!r} is shorter than museval's 1 s window; remove it from "
                             f"{data}/{subset}/ or pass --tracks")

@@ -16,6 +16,7 @@ import numpy as np
 
 from .contract import FORMATS, ModelInfo
 from .errors import UserError
+from .quiet import native_stderr_held
 
 
 def metadata_path(tflite: Path) -> Path:
@@ -36,7 +37,9 @@ class OrtModel:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        # Fatal only: every error reaches the caller as an exception (and the user as one line),
+        # so onnxruntime's own red log line would say it twice.
+        so.log_severity_level = 4
         providers = ["CPUExecutionProvider"]
         if provider == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -132,9 +135,16 @@ class LiteRTModel:
                             f"'unetsep export'")
         try:
             # Typed JSON values, each parsed by its field's converter (the states are a list).
-            self.info = ModelInfo.from_metadata(dict(json.loads(meta.read_text())))
+            meta_dict = json.loads(meta.read_text())
+            if not isinstance(meta_dict, dict):
+                raise ValueError(f"{meta.name} holds a JSON {type(meta_dict).__name__}, not an object")
+            self.info = ModelInfo.from_metadata(meta_dict)
             self.interp = self._make()
-        except (KeyError, ValueError) as e:
+            # The first allocation in a process logs "INFO: Created TensorFlow Lite XNNPACK
+            # delegate for CPU." to fd 2 (once per process): made here, where it is held.
+            with native_stderr_held():
+                self.interp.allocate_tensors()
+        except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"{self.path} is not a LiteRT model with unetsep metadata ({e}); "
                             f"export it with 'unetsep export'") from None
         self.provider = "LiteRT"
@@ -230,13 +240,43 @@ def load_model(path: str | Path, provider: str = "cpu", threads: int = 1):
     """OrtModel or LiteRTModel by file extension (`path` may name a shipped model); a clear error
     for anything else."""
     path = resolve_model(path)
+    if path.is_dir():
+        inside = sorted((p.name for p in path.iterdir() if p.suffix in (".onnx", ".tflite")),
+                        key=lambda n: (n.count("."), n))  # drums.onnx before drums.int8.onnx
+        hint = f"pass a model file in it, e.g. {path / inside[0]}" if inside else "pass a .onnx or .tflite file"
+        raise UserError(f"--model {path} is a folder; {hint}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"--model {path} is not a regular file; pass a .onnx or .tflite file")
     if not path.is_file():
         raise UserError(f"model {path} not found; pass --model PATH to a .onnx or .tflite file")
     if path.suffix == ".onnx":
-        return OrtModel(path, provider=provider, threads=threads)
+        return probe(OrtModel(path, provider=provider, threads=threads))
     if path.suffix == ".tflite":
-        return LiteRTModel(path, threads=threads)
+        return probe(LiteRTModel(path, threads=threads))
     raise UserError(f"{path} is not a .onnx or .tflite model; pass one written by 'unetsep export'")
+
+
+def probe(model):
+    """One call on a frame of silence, batch 1, before any command uses the model: metadata its
+    graph cannot take (a frame it was not built for) fails here in one line, not later inside an
+    audio callback or after minutes of work. Returns the model."""
+    info = model.info
+    try:
+        if info.streaming:
+            states = {s.input: np.zeros((1, *s.shape), np.float32) for s in info.states}
+            y, _ = model.run_stateful(np.zeros((1, info.frame, 1), np.float32), states)
+        else:
+            y = model.run(np.zeros((1, info.context, 1), np.float32))
+    except Exception as e:  # onnxruntime and LiteRT raise their own types
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        cause = cause.split("Status Message: ")[-1][:160]  # onnxruntime's own words, without its prefix
+        raise UserError(f"{model.path} does not run on one frame as its metadata describes it "
+                        f"(frame {info.frame}, context {info.context}: {cause}); re-export it with "
+                        f"'unetsep export'") from None
+    if np.shape(y) != (1, info.frame, 1):
+        raise UserError(f"{model.path} returns {np.shape(y)} for one frame, not (1, {info.frame}, 1) as "
+                        f"its metadata says; re-export it with 'unetsep export'")
+    return model
 
 
 def litert_available() -> bool:
@@ -344,7 +384,8 @@ def live_model_path(model: str | Path | None, fmt: str = "auto", provider: str =
 
 
 def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1, say=print):
-    """load_model with the CLI's provider rule: auto takes CUDA when it loads, else CPU (and says so)."""
+    """load_model with the CLI's provider rule: auto takes CUDA when it loads, else the CPU (saying
+    so only when an installed CUDA provider failed to load)."""
     path = resolve_model(path)
     if provider not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown --provider {provider!r}: choose auto, cpu or cuda")
@@ -359,6 +400,6 @@ def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1
             return model
         say("unetsep: the CUDA provider did not load; running on the CPU")
         return model
-    if provider == "auto":
-        say("unetsep: no CUDA provider in this onnxruntime; running on the CPU")
+    # auto without a CUDA build of onnxruntime: the CPU, silently (the usual install, as demucs
+    # says nothing when it has no GPU); only a CUDA provider that fails to load is worth a line.
     return load_model(path, "cpu", threads)

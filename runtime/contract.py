@@ -7,12 +7,14 @@ module so that the names and defaults are written down once.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 SAMPLE_RATE = 44100
 FRAME = 64  # samples per hop: also the algorithmic latency
 CONTEXT = 64  # samples the model sees per frame (the seed sees exactly its frame)
 TARGETS = ("drums", "bass", "other", "vocals")
+MIN_RATE, MAX_RATE = 4000, 768000  # Hz: the range of real recordings, for files and models alike
 INPUT_NAME = "mix"
 OUTPUT_NAME = "stem"
 LAYOUT = "batch,samples,1"
@@ -108,8 +110,12 @@ class ModelInfo:
 
     def validate(self) -> None:
         """Raise ValueError naming the first declared fact that cannot be true."""
-        if self.sample_rate <= 0:
-            raise ValueError(f"sample_rate {self.sample_rate} must be positive")
+        if not MIN_RATE <= self.sample_rate <= MAX_RATE:
+            raise ValueError(f"sample_rate {self.sample_rate} is outside {MIN_RATE}-{MAX_RATE} Hz")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.target):
+            # It names output files (<target>.wav, no_<target>.wav): no paths, nothing empty.
+            raise ValueError(f"target {self.target[:60]!r} is not a plain stem name (letters, digits, "
+                             f"'_', '-', '.')")
         if self.frame <= 0:
             raise ValueError(f"frame {self.frame} must be positive")
         if self.context < self.frame:

@@ -27,6 +27,8 @@ def mixes(target: str) -> tuple[str, str, str]:
     return (target, f"no-{target}", "blend")
 
 
+# 186 ms at 44.1 kHz: longer blocks are no longer live use, and the callback's arrays are sized by it.
+MAX_BLOCKSIZE = 8192
 LEVEL_FLOOR_DB = -120.0  # what a silent block's level reads as
 
 
@@ -88,6 +90,9 @@ def _device(value: str | None):
 
 class Live:
     def __init__(self, model, channels: int, blocksize: int, mix: str):
+        if blocksize > MAX_BLOCKSIZE:
+            raise UserError(f"--blocksize {blocksize} is longer than {MAX_BLOCKSIZE} samples, more than live "
+                            f"use needs (the model's latency is {model.info.latency}); try {model.info.frame}")
         if blocksize % model.info.frame:
             raise UserError(f"--blocksize {blocksize} is not a multiple of the model's frame "
                             f"({model.info.frame}); try {model.info.frame}")
@@ -113,6 +118,9 @@ class Live:
         self.peak_in = np.zeros(1 << 20, np.float32)
         self.peak_out = np.zeros(1 << 20, np.float32)
         self.n = 0
+        # The first exception the model raised in the callback: the stream is aborted and
+        # run_live reports it (sounddevice would only print it, and the run would look clean).
+        self.error: BaseException | None = None
 
     def callback(self, indata, outdata, frames, time_info, status) -> None:
         t0 = time.perf_counter()
@@ -121,7 +129,14 @@ class Live:
             outdata.fill(0)
         else:
             lat = self.engine.latency
-            self.engine.process(indata, out=self.est)
+            try:
+                self.engine.process(indata, out=self.est)
+            except Exception as e:
+                import sounddevice as sd
+
+                self.error = e
+                outdata.fill(0)
+                raise sd.CallbackAbort from None
             if self.mode == 0:
                 outdata[:] = self.est
             else:
@@ -183,6 +198,9 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
         reason = _missing_device(sd, device_in, device_out)
         if reason:
             raise UserError(reason) from None
+        if "channels" in str(e).lower():
+            raise UserError(f"the audio device cannot open {channels} channels ({e}); pass fewer with "
+                            f"--channels, or pick another device with -i/-o ('unetsep live -l')") from None
         raise UserError(f"cannot open the audio device ({e}); list devices with 'unetsep live -l' "
                         f"and pick them with -i/-o") from None
     period = blocksize / rate
@@ -193,7 +211,7 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
             while True:
                 elapsed = time.perf_counter() - started
                 left = None if seconds is None else seconds - elapsed
-                if left is not None and left <= 0:
+                if (left is not None and left <= 0) or live.error is not None:
                     break
                 done.wait(1.0 if left is None else min(1.0, left))
                 if status is not None:
@@ -203,6 +221,10 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
         except KeyboardInterrupt:
             pass
         latency = stream.latency
+    if live.error is not None:
+        cause = (str(live.error).splitlines() or [type(live.error).__name__])[0][:160]
+        raise UserError(f"{model.path} failed in the audio callback after {live.n} blocks ({cause}); "
+                        f"check it with 'unetsep bench --model {model.path}' or re-export it")
     elapsed = time.perf_counter() - started
     n = min(live.n, len(live.times))
     times = live.times[:n] * 1e6

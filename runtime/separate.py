@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import MAX_RATE, MIN_RATE
 from .errors import UserError
 from .files import pair_temp, recover_pairs, replace_pair
 
-MIN_RATE, MAX_RATE = 4000, 768000  # Hz: the range of real recordings
 MAX_CHANNELS = 64
 BLOCK_FRAMES = 2048  # frames per channel per read: 131072 samples, 3 s at 44.1 kHz
 
@@ -240,6 +240,8 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
     info = model.info
     if path.is_dir():
         raise UserError(f"{path} is a folder, not an audio file; pass the files in it (e.g. {path}/*.wav)")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a regular file (a device or a pipe); pass an audio file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:

@@ -18,6 +18,8 @@ CHUNK_SECONDS = 1.0  # one excerpt: 1 s of audio, both channels -> ~1378 frames 
 
 def _layout(root: Path) -> bool:
     """True for wav (MUSDB18-HQ / rendered), False for .stem.mp4 (MUSDB18); raise otherwise."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--data {root} is a file, not a folder; pass a MUSDB18-layout folder")
     if not root.is_dir():
         raise UserError(f"--data {root}: no such folder; render one with 'unetsep data --out {root}'")
     subsets = [root / s for s in ("train", "test") if (root / s).is_dir()]
@@ -27,6 +29,58 @@ def _layout(root: Path) -> bool:
         return False
     raise UserError(f"--data {root} is not a MUSDB18 layout (expected train/<track>/mixture.wav "
                     f"or train/<track>.stem.mp4); render one with 'unetsep data --out DIR'")
+
+
+def check_wav_tracks(root: Path, subsets: list[str]) -> None:
+    """Read the header of every wav of every track in `subsets` (mixture and stems) and raise a
+    one-line UserError naming the first track and file that musdb or the loaders would trip on:
+    unreadable, empty, mono, or another length, rate or channel count than the mixture's.
+    Headers only: ~1 ms a file."""
+    import soundfile as sf
+
+    for subset in subsets:
+        for track in sorted(p for p in (root / subset).glob("*") if p.is_dir()):
+            mixture = track / "mixture.wav"
+            if not mixture.is_file():
+                raise UserError(f"track {track} has no mixture.wav; add it or remove the folder")
+            ref = None
+            for path in [mixture, *(track / f"{t}.wav" for t in TARGETS)]:
+                if not path.is_file():
+                    continue
+                try:
+                    info = sf.info(str(path))
+                except (sf.LibsndfileError, RuntimeError, OSError) as e:
+                    cause = str(e).splitlines()[0].rsplit(": ", 1)[-1][:80]
+                    raise UserError(f"{path} is not a readable wav ({cause}); "
+                                    f"re-render or replace it, or remove the track") from None
+                if info.frames == 0:
+                    raise UserError(f"{path} is empty (0 samples); re-render or remove the track")
+                if info.channels < 2:  # musdb hands mono as 1-D arrays, which nothing here takes
+                    raise UserError(f"{path} is mono; MUSDB18 stems are stereo: convert it (e.g. "
+                                    f"sox in.wav -c 2 out.wav) or remove the track")
+                ref = ref or (info.frames, info.samplerate, info.channels)
+                if (info.frames, info.samplerate, info.channels) != ref:
+                    raise UserError(f"{path} has {info.frames} samples x {info.channels} channels at "
+                                    f"{info.samplerate} Hz, {mixture.name} {ref[0]} x {ref[2]} at {ref[1]} "
+                                    f"Hz; every stem must match its mixture: re-render or remove the track")
+
+
+def _check_setup(path: Path) -> None:
+    """musdb reads a setup file as its own configs/mus.yaml: every key of that must be there."""
+    import musdb
+    import yaml
+
+    fix = "start from musdb's configs/mus.yaml, as the one 'unetsep data' writes does"
+    try:
+        setup = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        cause = str(e).splitlines()[0][:80]
+        raise UserError(f"{path} does not parse as YAML ({cause}); fix it or {fix}") from None
+    with open(Path(musdb.__path__[0]) / "configs" / "mus.yaml") as f:
+        needed = [k for k in yaml.safe_load(f) if k != "sample-url"]
+    missing = [k for k in needed if not isinstance(setup, dict) or k not in setup]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}, which musdb needs; {fix}")
 
 
 def open_db(root: str | Path, subsets: str | list[str] = "train", split: str | None = None,
@@ -39,6 +93,10 @@ def open_db(root: str | Path, subsets: str | list[str] = "train", split: str | N
     if target not in TARGETS:
         raise UserError(f"unknown --target {target!r}: choose one of {', '.join(TARGETS)}")
     setup = SETUP_FILE if (root / SETUP_FILE).is_file() else None
+    if setup:
+        _check_setup(root / SETUP_FILE)
+    if is_wav:  # musdb probes each mixture with ffprobe and would fail with its raw output
+        check_wav_tracks(root, [subsets] if isinstance(subsets, str) else list(subsets))
     db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split, setup_file=setup)
     for track in db.tracks:
         if target not in track.sources:

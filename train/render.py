@@ -43,6 +43,13 @@ def find_soundfont(path: str | None = None) -> str:
     candidates = [path] if path else [os.environ.get("UNETSEP_SOUNDFONT"), *SOUNDFONT_PATHS]
     for c in candidates:
         if c and Path(c).is_file():
+            with open(c, "rb") as f:
+                head = f.read(12)
+            # A SoundFont 2 file is a RIFF container of form type 'sfbk': checked here so that a
+            # wrong file fails in one line, before FluidSynth's own messages and any folder.
+            if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+                raise UserError(f"{c} is not a SoundFont 2 (.sf2) file; pass --soundfont PATH to a "
+                                f"General MIDI .sf2")
             return c
     raise UserError(f"SoundFont not found ({path or 'FluidR3_GM.sf2'}): {FIX_SOUNDFONT}")
 
@@ -217,6 +224,10 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
 
     if seconds <= 0:
         raise UserError(f"--seconds {seconds} must be positive")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     out = Path(out)
     plan = plan_dataset(songs)
     sets = ([SoundSet(Path(soundfont).stem, find_soundfont(soundfont))] if soundfont
@@ -238,8 +249,6 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
             if not (out / subset / name).exists()]
     for subset in set(plan.subsets):
         (out / subset).mkdir(exist_ok=True)
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers {workers} must be at least 1")
     choice = {}
     for i, (name, subset) in enumerate(zip(plan.names, plan.subsets)):
         pick = np.random.default_rng([seed, i, 1])

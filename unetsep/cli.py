@@ -23,7 +23,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-def _number(kind: type, minimum: float, strict: bool):
+def _number(kind: type, minimum: float, strict: bool, maximum: float = float("inf")):
     """An argparse `type=` converter: `kind` (int or float), finite, above (strict) or at least
     `minimum`. Rejecting 0 and negatives here is what keeps `--steps -3` from hanging Keras and
     `--batch-size 0` from reaching a run's config.json."""
@@ -39,6 +39,8 @@ def _number(kind: type, minimum: float, strict: bool):
         if value < minimum or (strict and value == minimum):
             bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is more than {maximum:g}, the most this takes")
         return value
 
     convert.__name__ = kind.__name__  # argparse names the converter in some messages
@@ -50,6 +52,12 @@ non_negative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0.0, strict=True)
 non_negative_float = _number(float, 0.0, strict=False)
 finite_float = _number(float, float("-inf"), strict=False)
+# Bounds on resources, so a typo fails in one line instead of hanging on 100000 threads or
+# allocating gigabytes: threads beyond any CPU this runs on, more streams than a batch needs.
+thread_count = _number(int, 1, strict=False, maximum=256)
+stream_batch = _number(int, 1, strict=False, maximum=4096)
+song_count = _number(int, 3, strict=False)  # one each of train, validation and test
+demo_seconds = _number(float, 1.0, strict=False)  # museval scores whole 1 s windows
 
 
 def _quiet_tensorflow() -> None:
@@ -61,27 +69,15 @@ def _quiet_tensorflow() -> None:
     the import, and what was written there is shown only if the import fails. (TF_ENABLE_ONEDNN_OPTS
     is left alone: setting it to 0 would silence the line but change numerics and speed.)
     """
-    import tempfile
+    from unetsep.runtime.quiet import native_stderr_held
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GLOG_minloglevel", "2")
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            import keras  # noqa: F401  (imports tensorflow, its backend)
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with native_stderr_held():
+        import keras  # noqa: F401  (imports tensorflow, its backend)
+        import tensorflow  # noqa: F401
 
 
 def _check_training_data(data: str, target: str) -> None:
@@ -99,6 +95,16 @@ def _check_training_data(data: str, target: str) -> None:
             raise UserError(f"--data {data} has no {what} tracks: {hint}")
 
 
+def _not_a_file(flag: str, path: str | Path) -> None:
+    """A folder argument that names an existing file (or a folder inside one) fails here, in one
+    line, rather than as "File exists" from mkdir after TensorFlow has loaded."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{flag} {path}: {p} is a file, not a folder; choose another {flag}")
+            return
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     from unetsep.train.render import render_dataset
 
@@ -114,6 +120,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _not_a_file("--out", args.out)
     _check_training_data(args.data, args.target)
     _quiet_tensorflow()
     from unetsep.train import fit
@@ -129,6 +136,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    run = Path(args.run)
+    if run.is_dir() and not (run / "model.keras").exists() and any(run.glob("*.onnx")):
+        raise UserError(f"{run} is an exported model folder, not a training run; pass the folder "
+                        f"'unetsep train --out' wrote (it holds model.keras)")
+    if args.out:
+        _not_a_file("--out", args.out)
     _quiet_tensorflow()
     from unetsep.export.pipeline import Thresholds, export
 
@@ -438,6 +451,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     needs_extra("train", "museval", "scipy", "fluidsynth")
     from unetsep import demo
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before a minute of rendering
+        raise UserError(f"-o {args.out} is a file, not a folder; pass another -o folder")
+
     demo.run(out=args.out, model_path=args.model, seconds=args.seconds)
     return 0
 
@@ -452,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="render the default multitrack dataset (MUSDB18-HQ layout)")
     d.add_argument("--out", required=True, help="dataset folder to create")
-    d.add_argument("--songs", type=positive_int, default=6, help="number of songs (default 6)")
+    d.add_argument("--songs", type=song_count, default=6, help="number of songs (default 6)")
     d.add_argument("--seconds", type=positive_float, default=20.0, help="length of each song (default 20)")
     d.add_argument("--seed", type=non_negative_int, default=0, help="random seed; same seed, same songs")
     d.add_argument("--soundfont", help="General MIDI .sf2 (default: FluidR3_GM where installed)")
@@ -523,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "-n", help=MODEL_HELP)
     s.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     s.add_argument("--provider", "-d", default="auto", help="auto (default), cpu or cuda")
-    s.add_argument("--threads", type=positive_int, default=2, help="intra-op threads (default 2)")
+    s.add_argument("--threads", type=thread_count, default=2, help="intra-op threads (default 2)")
     s.set_defaults(func=cmd_separate)
 
     v = sub.add_parser("live", help="separate live: input device to output device")
@@ -550,8 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="latency per frame of every model and backend")
     b.add_argument("--model", "-n", action="append", help="a shipped model's name or a model file (repeat; default: every shipped format)")
     b.add_argument("--frames", type=positive_int, default=10000, help="timed frames per configuration (10000)")
-    b.add_argument("--batch", type=positive_int, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
-    b.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (1)")
+    b.add_argument("--batch", type=stream_batch, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
+    b.add_argument("--threads", type=thread_count, default=1, help="intra-op threads (1)")
     b.add_argument("--keras", metavar="RUN_DIR", help="also time the Keras model of this run")
     b.add_argument("--json", help="write results here")
     b.add_argument("--plot", help="write a latency CDF (PNG) here")
@@ -571,21 +587,36 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="render an unseen song, separate it, score it and time the model per frame")
     m.add_argument("--model", "-n", help=MODEL_HELP)
     m.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
-    m.add_argument("--seconds", type=positive_float, default=20.0, help="song length (default 20)")
+    m.add_argument("--seconds", type=demo_seconds, default=20.0, help="song length (default 20)")
     m.set_defaults(func=cmd_demo)
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a service manager stopping us) handled as Ctrl-C is: the temporaries of
+    an unfinished output removed, `live`'s summary written; the exit status says which it was."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         status = args.func(args)
     except UserError as e:
         print(f"unetsep {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"unetsep {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        killed = isinstance(e, Terminated)
+        print(f"unetsep {args.command}: {'terminated' if killed else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if killed else signal.SIGINT)
     return status or 0
 
 

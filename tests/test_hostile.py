@@ -1,0 +1,236 @@
+"""A second hostile test of the CLI: damaged datasets, models whose metadata lies, a model that
+fails inside the audio callback, absurd resource flags, SIGTERM, and misleading messages.
+
+Each case ends with exit status 2 (143 for SIGTERM) and one line naming the problem and the fix,
+and leaves nothing behind. The datasets and models are made here from the shipped model and a few
+seconds of noise, so the module needs no training run; cheap cases run in-process.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ENV
+from test_reliability import one_line_error, run_main, temporaries
+
+RATE = 44100
+STEMS = ("mixture", "drums", "bass", "other", "vocals")
+
+
+def write_dataset(root: Path, seconds: float = 2.0) -> Path:
+    """A valid MUSDB18-HQ-layout folder: tracks a, b (train, b for validation) and c (test) of
+    stereo noise, every stem the same length, and a setup.yaml naming the validation track."""
+    rng = np.random.default_rng(0)
+    for subset, name in (("train", "a"), ("train", "b"), ("test", "c")):
+        track = root / subset / name
+        track.mkdir(parents=True)
+        for stem in STEMS:
+            sf.write(track / f"{stem}.wav", 0.1 * rng.standard_normal((int(seconds * RATE), 2)), RATE)
+    from unetsep.train.render import _setup_yaml
+
+    (root / "setup.yaml").write_text(_setup_yaml(["b"]))
+    return root
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_dataset(tmp_path / "d")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Path:
+    from unetsep.runtime.backends import shipped_model
+
+    return shipped_model("default")
+
+
+def with_metadata(src: Path, dst: Path, **changes: str) -> Path:
+    """A copy of an ONNX model with some metadata fields rewritten (the graph untouched)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key in changes:
+            p.value = changes[p.key]
+    onnx.save(m, str(dst))
+    return dst
+
+
+# --- damaged datasets: named track and file, before TensorFlow, no run folder ---
+
+def _corrupt(path: Path) -> None:
+    path.write_bytes(b"not a wav file at all")
+
+
+def _empty(path: Path) -> None:
+    sf.write(path, np.zeros((0, 2)), RATE)
+
+
+def _short(path: Path) -> None:
+    sf.write(path, np.zeros((1000, 2)), RATE)
+
+
+def _mono(path: Path) -> None:
+    sf.write(path, np.zeros((2 * RATE,)), RATE)
+
+
+@pytest.mark.parametrize("damage,file,says", [
+    (_corrupt, "mixture.wav", "not a readable wav"), (_corrupt, "drums.wav", "not a readable wav"),
+    (_empty, "mixture.wav", "empty"), (_short, "drums.wav", "must match its mixture"),
+    (_mono, "mixture.wav", "mono"),
+])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_damaged_track_is_named_in_one_line(data, tmp_path, damage, file, says, command):
+    subset, name = ("test", "c") if command == "evaluate" else ("train", "a")
+    damage(data / subset / name / file)
+    argv = (["train", "--data", data, "--out", tmp_path / "run"] if command == "train" else
+            ["evaluate", "--data", data, "--tracks", 1, "--seconds", 1])
+    line = one_line_error(*run_main(*argv), f"{name}/{file}", says)
+    assert "remove the track" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,says", [("validation_tracks: [\n", "does not parse"),
+                                       ("validation_tracks:\n- b\n", "lacks sample_rate, sources")])
+def test_a_broken_setup_yaml_is_named(data, tmp_path, text, says):
+    (data / "setup.yaml").write_text(text)
+    one_line_error(*run_main("train", "--data", data, "--out", tmp_path / "run"), "setup.yaml", says)
+    assert not (tmp_path / "run").exists()
+
+
+def test_damaged_data_fails_train_without_importing_tensorflow(data, tmp_path):
+    """In a fresh process: the check runs before the import that takes seconds."""
+    _corrupt(data / "train" / "a" / "drums.wav")
+    code = ("import sys; from unetsep.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--data", str(data), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=ENV, timeout=120)
+    one_line_error(proc.returncode, proc.stderr, "drums.wav")
+
+
+def test_evaluate_checks_the_target_and_takes_one_second(data, shipped, tmp_path):
+    one_line_error(*run_main("evaluate", "--data", data, "--model", shipped, "--target", "bass"),
+                   "separates drums, not bass", "--target drums")
+    # 1 s is 689.06 frames of 64: rounded up to whole frames, not refused as too short.
+    code, err = run_main("evaluate", "--data", data, "--model", shipped, "--tracks", 1, "--seconds", 1,
+                         "--json", tmp_path / "e.json")
+    assert code == 0, err
+    assert np.isfinite(json.loads((tmp_path / "e.json").read_text())["median_sdr"])
+
+
+# --- models whose metadata lies about their graph ---
+
+@pytest.mark.parametrize("changes,says", [
+    ({"frame": "7", "context": "7"}, "does not run on one frame"),
+    ({"sample_rate": "1000000000"}, "outside 4000-768000 Hz"),
+    ({"sample_rate": "1"}, "outside 4000-768000 Hz"),
+    ({"target": "../../evil"}, "not a plain stem name"),
+    ({"target": ""}, "not a plain stem name"),
+])
+def test_metadata_the_model_cannot_keep_is_refused_at_load(shipped, tmp_path, changes, says):
+    model = with_metadata(shipped, tmp_path / "m.onnx", **changes)
+    sf.write(tmp_path / "x.wav", np.zeros((RATE, 2)), RATE)
+    for argv in (["separate", tmp_path / "x.wav", "-o", tmp_path / "out"],
+                 ["bench", "--frames", 10, "--batch", 1]):
+        one_line_error(*run_main(*argv, "--model", model), "m.onnx", says, "re-export")
+    assert not (tmp_path / "out").exists()
+
+
+def test_litert_metadata_that_is_not_an_object(tmp_path):
+    from unetsep.runtime.backends import litert_available, shipped_model
+
+    if not litert_available():
+        pytest.skip("LiteRT is not installed (the litert extra)")
+    src = shipped_model("default").with_name("drums.int8.tflite")
+    shutil.copy(src, tmp_path / "x.tflite")
+    (tmp_path / "x.json").write_text("[1, 2]")
+    one_line_error(*run_main("bench", "--model", tmp_path / "x.tflite", "--frames", 10),
+                   "x.json holds a JSON list")
+
+
+def test_live_reports_a_model_that_fails_in_the_callback(jackd, shipped, tmp_path):
+    """A fault injected into the engine's per-block call, through a real PortAudio stream on the
+    JACK dummy server: the run stops, says so in one line and exits 2, and writes no summary that
+    would read as a clean run (sounddevice alone prints the traceback and goes on)."""
+    script = ("import sys\n"
+              "from unetsep.runtime import stream\n"
+              "def fail(self, *a, **k):\n"
+              "    raise RuntimeError('injected fault')\n"
+              "stream.StreamEngine.process = fail\n"
+              "from unetsep.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script, "live", "--model", str(shipped), "--seconds", "20",
+                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, env=ENV,
+                          timeout=120)
+    one_line_error(proc.returncode, proc.stderr, "failed in the audio callback", "injected fault")
+    assert not (tmp_path / "r.json").exists()
+    assert time.perf_counter() - t < 15  # stopped at the fault, not after its 20 s
+
+
+# --- flags that would hang or exhaust the machine ---
+
+@pytest.mark.parametrize("argv,flag", [
+    (["separate", "x.wav", "--threads", "100000"], "--threads"),
+    (["bench", "--batch", "100000000"], "--batch"), (["bench", "--threads", "999"], "--threads"),
+    (["data", "--out", "d", "--songs", "2"], "--songs"), (["demo", "--seconds", "0.01"], "--seconds"),
+])
+def test_absurd_values_are_refused_at_the_parser(argv, flag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(*run_main(*argv), flag)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_live_blocksize_is_bounded(shipped):
+    one_line_error(*run_main("live", "--model", shipped, "--blocksize", 1048576), "--blocksize",
+                   "longer than 8192")
+
+
+# --- SIGTERM cleans up as Ctrl-C does ---
+
+def test_sigterm_during_separate_leaves_nothing(shipped, tmp_path):
+    rng = np.random.default_rng(1)
+    sf.write(tmp_path / "long.wav", 0.1 * rng.standard_normal((240 * RATE, 2)).astype(np.float32), RATE)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "unetsep.cli", "separate", str(tmp_path / "long.wav"),
+                             "--model", str(shipped), "-o", str(out)], env=ENV, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 90
+    while not temporaries(tmp_path) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert temporaries(tmp_path), "separate wrote no temporaries to interrupt"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "terminated" in err and "Traceback" not in err, err
+    assert temporaries(tmp_path) == [] and not list(out.rglob("*.wav")), list(out.rglob("*"))
+
+
+# --- messages that named the wrong problem ---
+
+def test_messages_name_the_real_problem(shipped, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a regular file")
+    sf.write(tmp_path / "x.wav", np.zeros((RATE, 2)), RATE)
+    one_line_error(*run_main("separate", "x.wav", "--model", shipped.parent), "is a folder",
+                   str(shipped.parent / "drums.onnx"))
+    one_line_error(*run_main("separate", "/dev/null", "--model", shipped), "not a regular file")
+    one_line_error(*run_main("export", shipped.parent), "exported model folder", "model.keras")
+    for argv in (["train", "--data", data, "--out", "afile/run"], ["export", "run", "--out", "afile/x"],
+                 ["data", "--out", "afile"], ["demo", "-o", "afile"]):
+        one_line_error(*run_main(*argv), "afile is a file, not a folder")
+    one_line_error(*run_main("train", "--data", "x.wav"), "is a file, not a folder")
+    (tmp_path / "notes.sf2").write_text("not a soundfont")
+    for extra in (["--soundfont", "notes.sf2"], ["--workers", "0"]):
+        one_line_error(*run_main("data", "--out", "new", "--songs", 3, "--seconds", 1, *extra),
+                       extra[0].lstrip("-") if extra[0] == "--workers" else "not a SoundFont")
+        assert not (tmp_path / "new").exists()
