@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.contract import ModelInfo
-from ..runtime.errors import UserError
+from ..runtime.errors import UserError, cause_of
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,7 +29,7 @@ def load_run(run_dir: str | Path):
     try:
         cfg = load_run_config(run)
     except (ValueError, TypeError, KeyError) as e:  # json errors are ValueErrors
-        raise UserError(f"{run / 'config.json'} is damaged ({str(e).splitlines()[0][:120]}); "
+        raise UserError(f"{run / 'config.json'} is damaged ({cause_of(e, 120)}); "
                         f"retrain into a new --out folder") from None
     path = run / "model.keras"
     if not path.is_file():
@@ -45,7 +45,7 @@ def load_run(run_dir: str | Path):
         model = build_unet(cfg, stock_layers=True)
         model.set_weights(trained.get_weights())
     except Exception as e:  # Keras reports a damaged zip as "File not found" and others variously
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        cause = cause_of(e, 120)
         raise UserError(f"{path} exists but cannot be loaded ({type(e).__name__}: {cause}); it is "
                         f"damaged or not from this run: rerun 'unetsep train' into a new --out "
                         f"folder") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import FORMATS, ModelInfo
-from .errors import UserError
+from .errors import UserError, cause_of
 from .quiet import native_stderr_held
 
 
@@ -37,8 +37,9 @@ class OrtModel:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Fatal only: every error reaches the caller as an exception (and the user as one line),
-        # so onnxruntime's own red log line would say it twice.
+        # Fatal only: errors reach the caller as exceptions (and the user as one line), so
+        # onnxruntime's own red log line would say them twice. (Its CUDA-to-CPU fallback on a
+        # first run is not logged but printed; probe() reads the provider again after that run.)
         so.log_severity_level = 4
         providers = ["CPUExecutionProvider"]
         if provider == "cuda":
@@ -47,7 +48,7 @@ class OrtModel:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise UserError(f"{self.path} is not an ONNX model onnxruntime can load "
-                            f"({str(e).splitlines()[0][:120]}); pass a model written by 'unetsep export'") from None
+                            f"({cause_of(e, 120)}); pass a model written by 'unetsep export'") from None
         self.provider = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
@@ -100,6 +101,9 @@ def check_graph(path: Path, info: ModelInfo, inputs: dict[str, list], outputs: d
     extra = [n for n in inputs if n not in declared_in]
     if extra:
         refuse(f"it takes undeclared inputs {', '.join(extra)}")
+    for name, shape in [*((n, inputs[n]) for n in declared_in), *((n, outputs[n]) for n in declared_out)]:
+        if shape and isinstance(shape[0], int):  # mono is batch 1, stereo 2: the axis must be free
+            refuse(f"tensor {name!r} has a fixed batch of {shape[0]}, the contract's batch axis is dynamic")
     if info.streaming:
         fixed(inputs[info.input_name], [None, None, 1], info.input_name)
         fixed(outputs[info.output_name], [None, None, 1], info.output_name)
@@ -142,7 +146,7 @@ class LiteRTModel:
             self.interp = self._make()
             # The first allocation in a process logs "INFO: Created TensorFlow Lite XNNPACK
             # delegate for CPU." to fd 2 (once per process): made here, where it is held.
-            with native_stderr_held():
+            with native_stderr_held(replay=False):  # a failure is reported below, once
                 self.interp.allocate_tensors()
         except (KeyError, ValueError, RuntimeError) as e:
             raise UserError(f"{self.path} is not a LiteRT model with unetsep metadata ({e}); "
@@ -256,6 +260,10 @@ def load_model(path: str | Path, provider: str = "cpu", threads: int = 1):
     raise UserError(f"{path} is not a .onnx or .tflite model; pass one written by 'unetsep export'")
 
 
+class CudaFailed(UserError):
+    """The CUDA provider loaded but could not run the model (its driver, memory or GPU)."""
+
+
 def probe(model):
     """One call on a frame of silence, batch 1, before any command uses the model: metadata its
     graph cannot take (a frame it was not built for) fails here in one line, not later inside an
@@ -268,11 +276,16 @@ def probe(model):
         else:
             y = model.run(np.zeros((1, info.context, 1), np.float32))
     except Exception as e:  # onnxruntime and LiteRT raise their own types
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        cause = cause.split("Status Message: ")[-1][:160]  # onnxruntime's own words, without its prefix
+        cause = cause_of(e, last=True)
+        if model.provider == "CUDAExecutionProvider":  # the GPU's fault (driver, memory), not the file's
+            raise CudaFailed(f"onnxruntime's CUDA provider failed on {model.path} ({cause}); use "
+                             f"--provider cpu") from None
         raise UserError(f"{model.path} does not run on one frame as its metadata describes it "
                         f"(frame {info.frame}, context {info.context}: {cause}); re-export it with "
                         f"'unetsep export'") from None
+    session = getattr(model, "session", None)
+    if session is not None:  # onnxruntime may have fallen back from CUDA to the CPU on that run
+        model.provider = session.get_providers()[0]
     if np.shape(y) != (1, info.frame, 1):
         raise UserError(f"{model.path} returns {np.shape(y)} for one frame, not (1, {info.frame}, 1) as "
                         f"its metadata says; re-export it with 'unetsep export'")
@@ -395,7 +408,13 @@ def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1
         raise UserError("--provider cuda: onnxruntime's CUDA provider is not available; install the "
                         "gpu extra (onnxruntime-gpu) or use --provider cpu")
     if cuda_available():
-        model = load_model(path, "cuda", threads)
+        try:
+            model = load_model(path, "cuda", threads)
+        except CudaFailed as e:
+            if provider == "cuda":
+                raise
+            say(f"unetsep: {e}; running on the CPU")
+            return load_model(path, "cpu", threads)
         if model.provider == "CUDAExecutionProvider":
             return model
         say("unetsep: the CUDA provider did not load; running on the CPU")

@@ -15,6 +15,7 @@ FRAME = 64  # samples per hop: also the algorithmic latency
 CONTEXT = 64  # samples the model sees per frame (the seed sees exactly its frame)
 TARGETS = ("drums", "bass", "other", "vocals")
 MIN_RATE, MAX_RATE = 4000, 768000  # Hz: the range of real recordings, for files and models alike
+MAX_CHANNELS = 64  # of a file or a live stream: more is a damaged header or a typo
 INPUT_NAME = "mix"
 OUTPUT_NAME = "stem"
 LAYOUT = "batch,samples,1"

@@ -151,3 +151,14 @@ def check_writable(path: str | Path, flag: str) -> None:
         raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {parent} is not writable; choose another path")
+
+
+def check_folder_arg(path: str | Path, flag: str) -> None:
+    """Fail before any work when the output folder `path` of `flag`, or a folder above it, is an
+    existing file (mkdir would say only "File exists", and after minutes of work)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                at = "" if p == Path(path) else f": {p}"
+                raise UserError(f"{flag} {path}{at} is a file, not a folder; choose another {flag}")
+            return

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import UserError
-from .stream import StreamEngine
+from .errors import Terminated, UserError, cause_of
+from .stream import EAGER_BLOCK, StreamEngine
 
 BLEND_REST = 0.25  # 'blend': the target at full level over the rest at -12 dB
 
@@ -27,8 +27,9 @@ def mixes(target: str) -> tuple[str, str, str]:
     return (target, f"no-{target}", "blend")
 
 
-# 186 ms at 44.1 kHz: longer blocks are no longer live use, and the callback's arrays are sized by it.
-MAX_BLOCKSIZE = 8192
+# 93 ms at 44.1 kHz: longer blocks are no longer live use; the engine prepares every call a block
+# up to this long can make before the stream starts, so no callback allocates.
+MAX_BLOCKSIZE = EAGER_BLOCK
 LEVEL_FLOOR_DB = -120.0  # what a silent block's level reads as
 
 
@@ -50,6 +51,7 @@ class LiveReport:
     cpu_load: float  # mean callback time / block period
     input_peak_dbfs: float = LEVEL_FLOOR_DB  # the loudest block of the run, in and out
     output_peak_dbfs: float = LEVEL_FLOOR_DB
+    stopped_by: str = "seconds"  # or "ctrl-c", "sigterm"
 
 
 NO_DEVICE_HINT = ("connect a sound card, or start a JACK server (e.g. 'jackd -d dummy -r 44100 -p 64' "
@@ -92,7 +94,8 @@ class Live:
     def __init__(self, model, channels: int, blocksize: int, mix: str):
         if blocksize > MAX_BLOCKSIZE:
             raise UserError(f"--blocksize {blocksize} is longer than {MAX_BLOCKSIZE} samples, more than live "
-                            f"use needs (the model's latency is {model.info.latency}); try {model.info.frame}")
+                            f"use needs (the model's latency is {model.info.latency} samples); try "
+                            f"{model.info.frame}")
         if blocksize % model.info.frame:
             raise UserError(f"--blocksize {blocksize} is not a multiple of the model's frame "
                             f"({model.info.frame}); try {model.info.frame}")
@@ -185,15 +188,15 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
              seconds: float | None = None, status=None) -> LiveReport:
     """Run until `seconds` have passed (or Ctrl-C). `status(line)`, when given, is called from
     this (the main) thread once per second with a status_line; the callback never prints."""
+    live = Live(model, channels, blocksize, mix)  # bad arguments refused before PortAudio starts
     import sounddevice as sd
 
-    live = Live(model, channels, blocksize, mix)
     rate = model.info.sample_rate
     done = threading.Event()
     try:
         stream = sd.Stream(samplerate=rate, blocksize=blocksize, channels=channels, dtype="float32",
                            device=(_device(device_in), _device(device_out)), callback=live.callback,
-                           latency="low")
+                           finished_callback=done.set, latency="low")
     except (sd.PortAudioError, ValueError) as e:
         reason = _missing_device(sd, device_in, device_out)
         if reason:
@@ -204,6 +207,7 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
         raise UserError(f"cannot open the audio device ({e}); list devices with 'unetsep live -l' "
                         f"and pick them with -i/-o") from None
     period = blocksize / rate
+    stopped_by = "seconds"
     started = time.perf_counter()
     with stream:
         try:
@@ -211,18 +215,20 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
             while True:
                 elapsed = time.perf_counter() - started
                 left = None if seconds is None else seconds - elapsed
-                if (left is not None and left <= 0) or live.error is not None:
+                if left is not None and left <= 0:
                     break
                 done.wait(1.0 if left is None else min(1.0, left))
+                if done.is_set():  # the stream ended: the callback aborted it, or the device went
+                    break
                 if status is not None:
                     now = live.n
                     status(status_line(live, last, now, time.perf_counter() - started, period))
                     last = now
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt as e:
+            stopped_by = "sigterm" if isinstance(e, Terminated) else "ctrl-c"
         latency = stream.latency
     if live.error is not None:
-        cause = (str(live.error).splitlines() or [type(live.error).__name__])[0][:160]
+        cause = cause_of(live.error)
         raise UserError(f"{model.path} failed in the audio callback after {live.n} blocks ({cause}); "
                         f"check it with 'unetsep bench --model {model.path}' or re-export it")
     elapsed = time.perf_counter() - started
@@ -240,7 +246,8 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
         callback_max_us=float(times.max()) if n else 0.0,
         cpu_load=float(times.mean() / 1e6 / period) if n else 0.0,
         input_peak_dbfs=round(dbfs(float(live.peak_in[:n].max())), 1) if n else LEVEL_FLOOR_DB,
-        output_peak_dbfs=round(dbfs(float(live.peak_out[:n].max())), 1) if n else LEVEL_FLOOR_DB)
+        output_peak_dbfs=round(dbfs(float(live.peak_out[:n].max())), 1) if n else LEVEL_FLOOR_DB,
+        stopped_by=stopped_by)
 
 
 def report_json(r: LiveReport) -> str:

@@ -9,10 +9,11 @@ import tempfile
 
 
 @contextlib.contextmanager
-def native_stderr_held():
+def native_stderr_held(replay: bool = True):
     """Point fd 2 at a temporary file for the block. What was written there is shown only if the
-    block raises (then it explains the failure); otherwise it is dropped. Python's own sys.stderr
-    writes go the same way, so keep the block to the native call."""
+    block raises and `replay` (then it explains the failure; pass False where the caller reports
+    the exception itself); otherwise it is dropped. Python's own sys.stderr writes go the same
+    way, so keep the block to the native call."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as log:
@@ -20,9 +21,10 @@ def native_stderr_held():
         try:
             yield
         except BaseException:
-            os.dup2(saved, 2)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace"))
+            if replay:
+                os.dup2(saved, 2)
+                log.seek(0)
+                sys.stderr.write(log.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import MAX_RATE, MIN_RATE
-from .errors import UserError
+from .contract import MAX_CHANNELS, MAX_RATE, MIN_RATE
+from .errors import UserError, cause_of
 from .files import pair_temp, recover_pairs, replace_pair
 
-MAX_CHANNELS = 64
 BLOCK_FRAMES = 2048  # frames per channel per read: 131072 samples, 3 s at 44.1 kHz
 
 
@@ -152,7 +151,7 @@ class _Source:
             x = self.file.read(*args, **kw)
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
             raise UserError(f"cannot decode {self.path} after {self.read_frames} samples "
-                            f"({_cause(e)}): the file is damaged or cut short; repair or re-export it") from None
+                            f"({cause_of(e)}): the file is damaged or cut short; repair or re-export it") from None
         self.read_frames += len(x)
         if len(x) and np.isfinite(x).all():  # _stream itself rejects NaN and infinities
             self.peak = max(self.peak, float(np.abs(x).max()))
@@ -185,11 +184,6 @@ class _Sink:
                             f"free some space or pass another -o folder") from None
 
 
-def _cause(e: BaseException) -> str:
-    text = getattr(e, "strerror", None) or getattr(e, "error_string", None) or str(e) or type(e).__name__
-    return str(text).strip().splitlines()[0][:160] if str(text).strip() else type(e).__name__
-
-
 def _write_cause(e: BaseException, folder: Path) -> str:
     import shutil
 
@@ -198,7 +192,7 @@ def _write_cause(e: BaseException, folder: Path) -> str:
             return "no space left on device"
     except OSError:
         pass
-    return _cause(e)
+    return cause_of(e)
 
 
 def _cut_short(src) -> tuple[int, int] | None:
@@ -247,7 +241,7 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
     try:
         src = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not an audio file libsndfile can read ({_cause(e)}); convert it "
+        raise UserError(f"{path} is not an audio file libsndfile can read ({cause_of(e)}); convert it "
                         f"to wav or flac") from None
     with src:
         if src.frames == 0:

@@ -100,7 +100,7 @@ def test_a_damaged_track_is_named_in_one_line(data, tmp_path, damage, file, says
 
 
 @pytest.mark.parametrize("text,says", [("validation_tracks: [\n", "does not parse"),
-                                       ("validation_tracks:\n- b\n", "lacks sample_rate, sources")])
+                                       ("validation_tracks:\n- b\n", "lacks sources, targets")])
 def test_a_broken_setup_yaml_is_named(data, tmp_path, text, says):
     (data / "setup.yaml").write_text(text)
     one_line_error(*run_main("train", "--data", data, "--out", tmp_path / "run"), "setup.yaml", says)
@@ -182,6 +182,7 @@ def test_live_reports_a_model_that_fails_in_the_callback(jackd, shipped, tmp_pat
 @pytest.mark.parametrize("argv,flag", [
     (["separate", "x.wav", "--threads", "100000"], "--threads"),
     (["bench", "--batch", "100000000"], "--batch"), (["bench", "--threads", "999"], "--threads"),
+    (["bench", "--frames", "1000000000000"], "--frames"), (["live", "--channels", "100000"], "--channels"),
     (["data", "--out", "d", "--songs", "2"], "--songs"), (["demo", "--seconds", "0.01"], "--seconds"),
 ])
 def test_absurd_values_are_refused_at_the_parser(argv, flag, tmp_path, monkeypatch):
@@ -192,7 +193,7 @@ def test_absurd_values_are_refused_at_the_parser(argv, flag, tmp_path, monkeypat
 
 def test_live_blocksize_is_bounded(shipped):
     one_line_error(*run_main("live", "--model", shipped, "--blocksize", 1048576), "--blocksize",
-                   "longer than 8192")
+                   "longer than 4096 samples")
 
 
 # --- SIGTERM cleans up as Ctrl-C does ---
@@ -226,11 +227,44 @@ def test_messages_name_the_real_problem(shipped, data, tmp_path, monkeypatch):
     one_line_error(*run_main("separate", "/dev/null", "--model", shipped), "not a regular file")
     one_line_error(*run_main("export", shipped.parent), "exported model folder", "model.keras")
     for argv in (["train", "--data", data, "--out", "afile/run"], ["export", "run", "--out", "afile/x"],
-                 ["data", "--out", "afile"], ["demo", "-o", "afile"]):
+                 ["data", "--out", "afile"], ["demo", "-o", "afile"], ["demo", "-o", "afile/sub"]):
         one_line_error(*run_main(*argv), "afile is a file, not a folder")
     one_line_error(*run_main("train", "--data", "x.wav"), "is a file, not a folder")
     (tmp_path / "notes.sf2").write_text("not a soundfont")
-    for extra in (["--soundfont", "notes.sf2"], ["--workers", "0"]):
-        one_line_error(*run_main("data", "--out", "new", "--songs", 3, "--seconds", 1, *extra),
-                       extra[0].lstrip("-") if extra[0] == "--workers" else "not a SoundFont")
+    for extra, says in ((["--soundfont", "notes.sf2"], "not a SoundFont"),
+                        (["--workers", "0"], "--workers 0 must be at least 1")):
+        one_line_error(*run_main("data", "--out", "new", "--songs", 3, "--seconds", 1, *extra), says)
         assert not (tmp_path / "new").exists()
+
+
+def test_sigterm_stops_live_with_its_summary(jackd, shipped, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "unetsep.cli", "live", "--model", str(shipped),
+                             "--seconds", "60", "--json", str(tmp_path / "r.json")], env=ENV,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # start-up, then a few seconds of audio
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["stopped_by"] == "sigterm" and report["callbacks"] > 0, report
+
+
+def test_sigterm_to_data_and_its_workers_is_quiet(tmp_path):
+    """systemd and `kill -- -PGID` signal the whole group: the rendering workers end without a
+    traceback each, and no half-rendered song is left where a finished one would be."""
+    import os
+
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "unetsep.cli", "data", "--out", str(out), "--songs", "8",
+                             "--seconds", "20", "--workers", "2"], env=ENV, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not (out / ".staging").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err, err
+    for track in [*out.glob("train/*"), *out.glob("test/*")]:  # finished tracks only
+        assert {p.name for p in track.iterdir()} >= {"mixture.wav", "drums.wav"}, track

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.contract import TARGETS
-from ..runtime.errors import UserError
+from ..runtime.errors import UserError, cause_of
 
 SETUP_FILE = "setup.yaml"  # a rendered dataset names its validation tracks here
 CHUNK_SECONDS = 1.0  # one excerpt: 1 s of audio, both channels -> ~1378 frames of 64 samples
@@ -31,26 +31,51 @@ def _layout(root: Path) -> bool:
                     f"or train/<track>.stem.mp4); render one with 'unetsep data --out DIR'")
 
 
-def check_wav_tracks(root: Path, subsets: list[str]) -> None:
-    """Read the header of every wav of every track in `subsets` (mixture and stems) and raise a
-    one-line UserError naming the first track and file that musdb or the loaders would trip on:
-    unreadable, empty, mono, or another length, rate or channel count than the mixture's.
-    Headers only: ~1 ms a file."""
+def musdb_setup(path: Path | None = None) -> dict:
+    """A musdb setup: the file at `path` (a dataset's setup.yaml), else musdb's own
+    configs/mus.yaml. A file that does not parse, or lacks a key musdb reads, is a UserError."""
+    import musdb
+    import yaml
+
+    if path is None:
+        with open(Path(musdb.__path__[0]) / "configs" / "mus.yaml") as f:
+            return yaml.safe_load(f)
+    fix = "start from musdb's configs/mus.yaml, as the one 'unetsep data' writes does"
+    try:
+        setup = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} does not parse as YAML ({cause_of(e, 80)}); fix it or {fix}") from None
+    missing = [k for k in MUSDB_SETUP_KEYS if not isinstance(setup, dict) or k not in setup]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}, which musdb reads; {fix}")
+    return setup
+
+
+# The keys of a setup file musdb.DB reads (its sample_rate and sample-url are not read).
+MUSDB_SETUP_KEYS = ("sources", "targets", "mixture", "stem_ids", "validation_tracks")
+
+
+def check_wav_tracks(root: Path, subsets: list[str], setup: dict) -> None:
+    """Read the header of every wav of every track in `subsets` (the mixture and the stems the
+    musdb `setup` names) and raise a one-line UserError naming the first track and file that
+    musdb or the loaders would trip on: unreadable, empty, mono, or another length, rate or
+    channel count than the mixture's. Headers only: ~1 ms a file."""
     import soundfile as sf
 
+    mixture_name, stem_names = setup["mixture"], list(setup["sources"].values())
     for subset in subsets:
         for track in sorted(p for p in (root / subset).glob("*") if p.is_dir()):
-            mixture = track / "mixture.wav"
+            mixture = track / mixture_name
             if not mixture.is_file():
-                raise UserError(f"track {track} has no mixture.wav; add it or remove the folder")
+                raise UserError(f"track {track} has no {mixture_name}; add it or remove the folder")
             ref = None
-            for path in [mixture, *(track / f"{t}.wav" for t in TARGETS)]:
+            for path in [mixture, *(track / n for n in stem_names)]:
                 if not path.is_file():
                     continue
                 try:
                     info = sf.info(str(path))
                 except (sf.LibsndfileError, RuntimeError, OSError) as e:
-                    cause = str(e).splitlines()[0].rsplit(": ", 1)[-1][:80]
+                    cause = cause_of(e).rsplit(": ", 1)[-1][:80]  # libsndfile's reason, not the path again
                     raise UserError(f"{path} is not a readable wav ({cause}); "
                                     f"re-render or replace it, or remove the track") from None
                 if info.frames == 0:
@@ -65,27 +90,11 @@ def check_wav_tracks(root: Path, subsets: list[str]) -> None:
                                     f"Hz; every stem must match its mixture: re-render or remove the track")
 
 
-def _check_setup(path: Path) -> None:
-    """musdb reads a setup file as its own configs/mus.yaml: every key of that must be there."""
-    import musdb
-    import yaml
-
-    fix = "start from musdb's configs/mus.yaml, as the one 'unetsep data' writes does"
-    try:
-        setup = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        cause = str(e).splitlines()[0][:80]
-        raise UserError(f"{path} does not parse as YAML ({cause}); fix it or {fix}") from None
-    with open(Path(musdb.__path__[0]) / "configs" / "mus.yaml") as f:
-        needed = [k for k in yaml.safe_load(f) if k != "sample-url"]
-    missing = [k for k in needed if not isinstance(setup, dict) or k not in setup]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}, which musdb needs; {fix}")
-
-
 def open_db(root: str | Path, subsets: str | list[str] = "train", split: str | None = None,
-            target: str = "drums", sample_rate: int | None = None):
-    """musdb.DB over `root` with musdb's own splits; checks the target stem and sample rate."""
+            target: str = "drums", sample_rate: int | None = None, check: bool = True):
+    """musdb.DB over `root` with musdb's own splits; checks the target stem and sample rate, and
+    with `check` every wav header of `subsets` first (a caller opening another split of the same
+    subsets again may skip that)."""
     import musdb
 
     root = Path(root)
@@ -93,10 +102,9 @@ def open_db(root: str | Path, subsets: str | list[str] = "train", split: str | N
     if target not in TARGETS:
         raise UserError(f"unknown --target {target!r}: choose one of {', '.join(TARGETS)}")
     setup = SETUP_FILE if (root / SETUP_FILE).is_file() else None
-    if setup:
-        _check_setup(root / SETUP_FILE)
-    if is_wav:  # musdb probes each mixture with ffprobe and would fail with its raw output
-        check_wav_tracks(root, [subsets] if isinstance(subsets, str) else list(subsets))
+    names = musdb_setup(root / SETUP_FILE if setup else None)
+    if is_wav and check:  # musdb probes each mixture with ffprobe and would fail with its raw output
+        check_wav_tracks(root, [subsets] if isinstance(subsets, str) else list(subsets), names)
     db = musdb.DB(root=str(root), is_wav=is_wav, subsets=subsets, split=split, setup_file=setup)
     for track in db.tracks:
         if target not in track.sources:

@@ -342,7 +342,7 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
         if value is not None and value < 1:
             raise UserError(f"{flag} {value} must be at least 1")
     train_db = open_db(data, "train", "train", cfg.target, cfg.sample_rate)
-    valid_db = open_db(data, "train", "valid", cfg.target, cfg.sample_rate)
+    valid_db = open_db(data, "train", "valid", cfg.target, cfg.sample_rate, check=False)
     if not train_db.tracks:
         raise UserError(f"--data {data} has no training tracks (train/ is empty or all validation)")
     if not valid_db.tracks:

@@ -21,7 +21,7 @@ import soundfile as sf
 
 from ..runtime.contract import SAMPLE_RATE, TARGETS
 from ..runtime.errors import UserError
-from ..runtime.files import write_text_atomic
+from ..runtime.files import check_folder_arg, write_text_atomic
 from .compose import Song, compose
 from .kits import Kit, SoundSet, render_samples, select_kits, select_soundsets
 from .mixing import produce, rms_db
@@ -198,11 +198,11 @@ def plan_dataset(songs: int) -> DatasetPlan:
 
 def _setup_yaml(validation: list[str]) -> str:
     """musdb's own setup file (musdb/configs/mus.yaml), with this dataset's validation tracks."""
-    import musdb
     import yaml
 
-    with open(Path(musdb.__path__[0]) / "configs" / "mus.yaml") as f:
-        setup = yaml.safe_load(f)
+    from .dataset import musdb_setup
+
+    setup = musdb_setup()
     setup["validation_tracks"] = list(validation)
     return yaml.safe_dump(setup, sort_keys=False)
 
@@ -226,8 +226,7 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
         raise UserError(f"--seconds {seconds} must be positive")
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers} must be at least 1")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    check_folder_arg(out, "--out")
     out = Path(out)
     plan = plan_dataset(songs)
     sets = ([SoundSet(Path(soundfont).stem, find_soundfont(soundfont))] if soundfont
@@ -260,11 +259,16 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
             for i, name, subset in todo]
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     levels = {}
-    with ProcessPoolExecutor(workers) as pool:
+    pool = ProcessPoolExecutor(workers, initializer=_default_sigterm)
+    try:
         done = tqdm(pool.map(_render_track, jobs), total=len(plan.names), unit="song",
                     initial=len(plan.names) - len(jobs), desc="rendering", disable=not progress)
         for name, level in done:
             levels[name] = level
+    except BaseException:  # Ctrl-C, SIGTERM, a failed song: the songs not started are dropped
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     tracks = {}
     for name, subset in zip(plan.names, plan.subsets):
         kit, sset, heldout = choice[name]
@@ -298,6 +302,14 @@ def heldout_tracks(root: str | Path) -> dict[str, bool]:
     if not path.is_file():
         return {}
     return {name: bool(t["heldout"]) for name, t in json.loads(path.read_text())["tracks"].items()}
+
+
+def _default_sigterm() -> None:
+    """In each rendering process: SIGTERM ends it quietly (the CLI's handler, inherited by fork,
+    would print a traceback per worker); the parent cleans the staging folder on its next run."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _render_track(job) -> tuple[str, float]:

@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from unetsep.runtime.contract import FORMATS
-from unetsep.runtime.errors import UserError
+from unetsep.runtime.contract import FORMATS, MAX_CHANNELS
+from unetsep.runtime.errors import Terminated, UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,7 +56,9 @@ finite_float = _number(float, float("-inf"), strict=False)
 # allocating gigabytes: threads beyond any CPU this runs on, more streams than a batch needs.
 thread_count = _number(int, 1, strict=False, maximum=256)
 stream_batch = _number(int, 1, strict=False, maximum=4096)
-song_count = _number(int, 3, strict=False)  # one each of train, validation and test
+frame_count = _number(int, 1, strict=False, maximum=10_000_000)  # 80 MB of timings per configuration
+channel_count = _number(int, 1, strict=False, maximum=MAX_CHANNELS)
+song_count = _number(int, 3, strict=False)  # one each of train, validation and test: see split_counts
 demo_seconds = _number(float, 1.0, strict=False)  # museval scores whole 1 s windows
 
 
@@ -87,22 +89,12 @@ def _check_training_data(data: str, target: str) -> None:
     from unetsep.train.dataset import open_db
 
     for split, what in (("train", "training"), ("valid", "validation")):
-        db = open_db(data, "train", split, target, SAMPLE_RATE)
+        db = open_db(data, "train", split, target, SAMPLE_RATE, check=split == "train")
         if not db.tracks:
             hint = ("train/ is empty or all validation" if split == "train" else
                     "add a setup.yaml naming them (as 'unetsep data' writes) or use MUSDB18's own "
                     "track names")
             raise UserError(f"--data {data} has no {what} tracks: {hint}")
-
-
-def _not_a_file(flag: str, path: str | Path) -> None:
-    """A folder argument that names an existing file (or a folder inside one) fails here, in one
-    line, rather than as "File exists" from mkdir after TensorFlow has loaded."""
-    for p in (Path(path), *Path(path).parents):
-        if p.exists():
-            if not p.is_dir():
-                raise UserError(f"{flag} {path}: {p} is a file, not a folder; choose another {flag}")
-            return
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -120,7 +112,9 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    _not_a_file("--out", args.out)
+    from unetsep.runtime.files import check_folder_arg
+
+    check_folder_arg(args.out, "--out")
     _check_training_data(args.data, args.target)
     _quiet_tensorflow()
     from unetsep.train import fit
@@ -141,7 +135,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise UserError(f"{run} is an exported model folder, not a training run; pass the folder "
                         f"'unetsep train --out' wrote (it holds model.keras)")
     if args.out:
-        _not_a_file("--out", args.out)
+        from unetsep.runtime.files import check_folder_arg
+
+        check_folder_arg(args.out, "--out")
     _quiet_tensorflow()
     from unetsep.export.pipeline import Thresholds, export
 
@@ -257,17 +253,19 @@ def cmd_live(args: argparse.Namespace) -> int:
         sys.stderr.write("\r" + line)
         sys.stderr.flush()
 
-    r = live.run_live(model, channels=args.channels, blocksize=args.blocksize or model.info.frame, mix=args.mix,
-                      device_in=args.input, device_out=args.output, seconds=args.seconds,
-                      status=show if on_terminal else None)
-    if on_terminal:
-        sys.stderr.write("\n")
+    try:
+        r = live.run_live(model, channels=args.channels, blocksize=args.blocksize or model.info.frame,
+                          mix=args.mix, device_in=args.input, device_out=args.output, seconds=args.seconds,
+                          status=show if on_terminal else None)
+    finally:
+        if on_terminal:  # end the status line, before the summary or an error
+            sys.stderr.write("\n")
     if args.quiet:
         if args.json:
             from unetsep.runtime.files import write_text_atomic
 
             write_text_atomic(Path(args.json), live.report_json(r))
-        return 0
+        return stopped(r)
     print(f"live: {path.name} ({r.provider}), {r.callbacks} callbacks of {r.blocksize} samples x "
           f"{r.channels} channels in {r.seconds:.1f} s; xruns {r.xruns} "
           f"({r.xruns_after_first_second} after the first second); "
@@ -280,7 +278,15 @@ def cmd_live(args: argparse.Namespace) -> int:
         from unetsep.runtime.files import write_text_atomic
 
         write_text_atomic(Path(args.json), live.report_json(r))
-    return 0
+    return stopped(r)
+
+
+def stopped(r) -> int:
+    """live's exit status: 0 when it ran its --seconds or was stopped with Ctrl-C (the way to end
+    it), 143 after SIGTERM, as every other command."""
+    import signal
+
+    return 128 + signal.SIGTERM if r.stopped_by == "sigterm" else 0
 
 
 def needs_extra(extra: str, *modules: str) -> None:
@@ -327,7 +333,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     paths = _model_paths(args.model, say=lambda m: print(m, file=sys.stderr))
     models = [load_model(p, "cpu", threads=args.threads) for p in paths]
     if cuda_available():
-        models += [load_model(p, "cuda") for p in paths if p.suffix == ".onnx"]
+        from unetsep.runtime.backends import CudaFailed
+
+        for p in (p for p in paths if p.suffix == ".onnx"):
+            try:
+                models.append(load_model(p, "cuda"))
+            except CudaFailed as e:
+                print(f"unetsep: {e}; timing it on the CPU only", file=sys.stderr)
     configs = []
     for m in models:
         for b in args.batch:
@@ -451,8 +463,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     needs_extra("train", "museval", "scipy", "fluidsynth")
     from unetsep import demo
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # before a minute of rendering
-        raise UserError(f"-o {args.out} is a file, not a folder; pass another -o folder")
+    from unetsep.runtime.files import check_folder_arg
+
+    check_folder_arg(args.out, "-o")  # before a minute of rendering
 
     demo.run(out=args.out, model_path=args.model, seconds=args.seconds)
     return 0
@@ -547,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", "-n", help=MODEL_HELP)
     v.add_argument("-i", "--input", help="input device (number or name)")
     v.add_argument("-o", "--output", help="output device (number or name)")
-    v.add_argument("--channels", "-c", type=positive_int, default=2, help="channels (default 2)")
+    v.add_argument("--channels", "-c", type=channel_count, default=2, help="channels (default 2)")
     v.add_argument("--blocksize", "-b", type=positive_int,
                    help="samples per callback (default: the model's frame, 64 for the shipped one)")
     v.add_argument("--mix", help="the model's target (default; drums for the shipped model), "
@@ -565,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="latency per frame of every model and backend")
     b.add_argument("--model", "-n", action="append", help="a shipped model's name or a model file (repeat; default: every shipped format)")
-    b.add_argument("--frames", type=positive_int, default=10000, help="timed frames per configuration (10000)")
+    b.add_argument("--frames", type=frame_count, default=10000, help="timed frames per configuration (10000)")
     b.add_argument("--batch", type=stream_batch, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
     b.add_argument("--threads", type=thread_count, default=1, help="intra-op threads (1)")
     b.add_argument("--keras", metavar="RUN_DIR", help="also time the Keras model of this run")
@@ -592,12 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a `kill`, a service manager stopping us) handled as Ctrl-C is: the temporaries of
-    an unfinished output removed, `live`'s summary written; the exit status says which it was."""
-
-
 def _on_sigterm(signum, frame) -> None:
+    # Raised where the main thread is in Python: a long native call (a TensorFlow op, a PortAudio
+    # stop) finishes first, as it does for Ctrl-C.
     raise Terminated()
 
 
@@ -606,8 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():  # signal handlers live there only
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM as Ctrl-C, for this command only: the handler before it is put back afterwards
+    # (main may be called as a library function, and signal handlers belong to the main thread).
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         status = args.func(args)
     except UserError as e:
@@ -617,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
         killed = isinstance(e, Terminated)
         print(f"unetsep {args.command}: {'terminated' if killed else 'interrupted'}", file=sys.stderr)
         return 128 + (signal.SIGTERM if killed else signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return status or 0
 
 
