@@ -101,9 +101,6 @@ def check_graph(path: Path, info: ModelInfo, inputs: dict[str, list], outputs: d
     extra = [n for n in inputs if n not in declared_in]
     if extra:
         refuse(f"it takes undeclared inputs {', '.join(extra)}")
-    for name, shape in [*((n, inputs[n]) for n in declared_in), *((n, outputs[n]) for n in declared_out)]:
-        if shape and isinstance(shape[0], int):  # mono is batch 1, stereo 2: the axis must be free
-            refuse(f"tensor {name!r} has a fixed batch of {shape[0]}, the contract's batch axis is dynamic")
     if info.streaming:
         fixed(inputs[info.input_name], [None, None, 1], info.input_name)
         fixed(outputs[info.output_name], [None, None, 1], info.output_name)
