@@ -258,7 +258,12 @@ def load_model(path: str | Path, provider: str = "cpu", threads: int = 1):
 
 
 class CudaFailed(UserError):
-    """The CUDA provider loaded but could not run the model (its driver, memory or GPU)."""
+    """onnxruntime's CUDA provider loaded but could not run the model: its driver, memory or GPU,
+    or the model (open_model loads it on the CPU to tell which)."""
+
+    def __init__(self, path: Path, cause: str):
+        self.cause = cause
+        super().__init__(f"onnxruntime's CUDA provider failed on {path} ({cause}); use --provider cpu")
 
 
 def probe(model):
@@ -266,26 +271,25 @@ def probe(model):
     graph cannot take (a frame it was not built for) fails here in one line, not later inside an
     audio callback or after minutes of work. Returns the model."""
     info = model.info
-    try:
-        if info.streaming:
-            states = {s.input: np.zeros((1, *s.shape), np.float32) for s in info.states}
-            y, _ = model.run_stateful(np.zeros((1, info.frame, 1), np.float32), states)
-        else:
-            y = model.run(np.zeros((1, info.context, 1), np.float32))
-    except Exception as e:  # onnxruntime and LiteRT raise their own types
-        cause = cause_of(e, last=True)
-        if model.provider == "CUDAExecutionProvider":  # the GPU's fault (driver, memory), not the file's
-            raise CudaFailed(f"onnxruntime's CUDA provider failed on {model.path} ({cause}); use "
-                             f"--provider cpu") from None
-        raise UserError(f"{model.path} does not run on one frame as its metadata describes it "
-                        f"(frame {info.frame}, context {info.context}: {cause}); re-export it with "
-                        f"'unetsep export'") from None
+    for batch in (1, 2):  # mono and stereo, the batches every command uses
+        try:
+            if info.streaming:
+                states = {s.input: np.zeros((batch, *s.shape), np.float32) for s in info.states}
+                y, _ = model.run_stateful(np.zeros((batch, info.frame, 1), np.float32), states)
+            else:
+                y = model.run(np.zeros((batch, info.context, 1), np.float32))
+        except Exception as e:  # onnxruntime and LiteRT raise their own types
+            if model.provider == "CUDAExecutionProvider":  # open_model tells the GPU's fault from the file's
+                raise CudaFailed(model.path, cause_of(e)) from None
+            raise UserError(f"{model.path} does not run on {batch} stream(s) of one frame as its metadata "
+                            f"describes it (frame {info.frame}, context {info.context}: {cause_of(e)}); "
+                            f"re-export it with 'unetsep export'") from None
+        if np.shape(y) != (batch, info.frame, 1):
+            raise UserError(f"{model.path} returns {np.shape(y)} for one frame of {batch} stream(s), not "
+                            f"({batch}, {info.frame}, 1) as its metadata says; re-export it with 'unetsep export'")
     session = getattr(model, "session", None)
-    if session is not None:  # onnxruntime may have fallen back from CUDA to the CPU on that run
+    if session is not None:  # onnxruntime may have fallen back from CUDA to the CPU on those runs
         model.provider = session.get_providers()[0]
-    if np.shape(y) != (1, info.frame, 1):
-        raise UserError(f"{model.path} returns {np.shape(y)} for one frame, not (1, {info.frame}, 1) as "
-                        f"its metadata says; re-export it with 'unetsep export'")
     return model
 
 
@@ -408,12 +412,16 @@ def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1
         try:
             model = load_model(path, "cuda", threads)
         except CudaFailed as e:
+            cpu = load_model(path, "cpu", threads)  # a fault of the model's own is raised here
             if provider == "cuda":
                 raise
-            say(f"unetsep: {e}; running on the CPU")
-            return load_model(path, "cpu", threads)
+            say(f"unetsep: onnxruntime's CUDA provider failed on this model ({e.cause}); running on the CPU")
+            return cpu
         if model.provider == "CUDAExecutionProvider":
             return model
+        if provider == "cuda":
+            raise UserError("--provider cuda: onnxruntime ran the model on the CPU (its CUDA provider did "
+                            "not load: check the CUDA and cuDNN libraries); use --provider cpu or auto")
         say("unetsep: the CUDA provider did not load; running on the CPU")
         return model
     # auto without a CUDA build of onnxruntime: the CPU, silently (the usual install, as demucs

@@ -12,12 +12,13 @@ class Terminated(KeyboardInterrupt):
     exit status (143, not 130) says which it was."""
 
 
-def cause_of(e: BaseException, limit: int = 160, last: bool = False) -> str:
-    """An exception's own words for a one-line message: its first (or `last`) non-empty line,
-    without onnxruntime's "... Status Message:" prefix, cut to `limit` characters; the exception's
-    type name when it has no text."""
+def cause_of(e: BaseException, limit: int = 160) -> str:
+    """An exception's own words for a one-line message: its lines joined, without onnxruntime's
+    "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :" and "... Status Message:" prefixes, cut to
+    `limit` characters; the exception's type name when it has no text."""
+    import re
+
     text = getattr(e, "strerror", None) or getattr(e, "error_string", None) or str(e)
-    lines = [line for line in str(text).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    return (lines[-1] if last else lines[0]).split("Status Message: ")[-1][:limit]
+    text = " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text).split("Status Message: ")[-1]
+    return text[:limit] if text else type(e).__name__

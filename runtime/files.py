@@ -157,8 +157,13 @@ def check_folder_arg(path: str | Path, flag: str) -> None:
     """Fail before any work when the output folder `path` of `flag`, or a folder above it, is an
     existing file (mkdir would say only "File exists", and after minutes of work)."""
     for p in (Path(path), *Path(path).parents):
-        if p.exists():
-            if not p.is_dir():
-                at = "" if p == Path(path) else f": {p}"
-                raise UserError(f"{flag} {path}{at} is a file, not a folder; choose another {flag}")
-            return
+        try:
+            if not p.exists():
+                continue
+        except OSError as e:  # a folder above it that we may not look into
+            raise UserError(f"{flag} {path}: cannot look into {p.parent} ({e.strerror}); choose "
+                            f"another {flag}") from None
+        if not p.is_dir():
+            at = "" if p == Path(path) else f": {p}"
+            raise UserError(f"{flag} {path}{at} is a file, not a folder; choose another {flag}")
+        return

@@ -219,6 +219,7 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
                     break
                 done.wait(1.0 if left is None else min(1.0, left))
                 if done.is_set():  # the stream ended: the callback aborted it, or the device went
+                    stopped_by = "stream"
                     break
                 if status is not None:
                     now = live.n
@@ -231,6 +232,9 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
         cause = cause_of(live.error)
         raise UserError(f"{model.path} failed in the audio callback after {live.n} blocks ({cause}); "
                         f"check it with 'unetsep bench --model {model.path}' or re-export it")
+    if stopped_by == "stream":  # ended by PortAudio, not by us: a device removed, a JACK server stopped
+        raise UserError(f"the audio stream stopped by itself after {live.n} blocks (a device removed or "
+                        f"the JACK server stopped?); check the devices with 'unetsep live -l' and start again")
     elapsed = time.perf_counter() - started
     n = min(live.n, len(live.times))
     times = live.times[:n] * 1e6

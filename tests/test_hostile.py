@@ -99,10 +99,14 @@ def test_a_damaged_track_is_named_in_one_line(data, tmp_path, damage, file, says
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("text,says", [("validation_tracks: [\n", "does not parse"),
-                                       ("validation_tracks:\n- b\n", "lacks sources, targets")])
-def test_a_broken_setup_yaml_is_named(data, tmp_path, text, says):
-    (data / "setup.yaml").write_text(text)
+@pytest.mark.parametrize("edit,says", [
+    (lambda s: "validation_tracks: [\n", "does not parse"),
+    (lambda s: "validation_tracks:\n- b\n", "lacks sources, targets"),
+    (lambda s: s.split("validation_tracks:")[0] + "validation_tracks:\n", "validation_tracks is a NoneType"),
+    (lambda s: s.replace("  mixture: 0\n", ""), "stem_ids lacks mixture"),
+])
+def test_a_broken_setup_yaml_is_named(data, tmp_path, edit, says):
+    (data / "setup.yaml").write_text(edit((data / "setup.yaml").read_text()))
     one_line_error(*run_main("train", "--data", data, "--out", tmp_path / "run"), "setup.yaml", says)
     assert not (tmp_path / "run").exists()
 
@@ -130,7 +134,7 @@ def test_evaluate_checks_the_target_and_takes_one_second(data, shipped, tmp_path
 # --- models whose metadata lies about their graph ---
 
 @pytest.mark.parametrize("changes,says", [
-    ({"frame": "7", "context": "7"}, "does not run on one frame"),
+    ({"frame": "7", "context": "7"}, "does not run on 1 stream(s) of one frame"),
     ({"sample_rate": "1000000000"}, "outside 4000-768000 Hz"),
     ({"sample_rate": "1"}, "outside 4000-768000 Hz"),
     ({"target": "../../evil"}, "not a plain stem name"),
@@ -143,6 +147,30 @@ def test_metadata_the_model_cannot_keep_is_refused_at_load(shipped, tmp_path, ch
                  ["bench", "--frames", 10, "--batch", 1]):
         one_line_error(*run_main(*argv, "--model", model), "m.onnx", says, "re-export")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fixed_batch_axis_is_refused_at_load(shipped, tmp_path):
+    """A graph whose batch axis is fixed at 1 runs mono and failed stereo with a traceback."""
+    import onnx
+
+    m = onnx.load(str(shipped))
+    for t in [*m.graph.input, *m.graph.output]:
+        t.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(m, str(tmp_path / "b1.onnx"))
+    line = one_line_error(*run_main("bench", "--model", tmp_path / "b1.onnx", "--frames", 10),
+                          "does not run on 2 stream(s) of one frame", "re-export")
+    assert "Expected: 1" in line or "Got: 2" in line, line  # onnxruntime's reason survives
+
+
+def test_cause_of_keeps_onnxruntimes_reason():
+    from unetsep.runtime.errors import cause_of
+
+    e = RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: "
+                     "mix for the following indices\n index: 1 Got: 64 Expected: 128\n Please fix "
+                     "either the inputs/outputs or the model.")
+    assert cause_of(e).startswith("Got invalid dimensions for input: mix for the following indices "
+                                  "index: 1 Got: 64 Expected: 128")
+    assert cause_of(RuntimeError("")) == "RuntimeError" and len(cause_of(RuntimeError("x" * 999))) == 160
 
 
 def test_litert_metadata_that_is_not_an_object(tmp_path):
@@ -262,9 +290,13 @@ def test_sigterm_to_data_and_its_workers_is_quiet(tmp_path):
     while not (out / ".staging").is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(1)
+    assert proc.poll() is None, proc.communicate()[1]
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err, err
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # the workers are gone too
+        os.killpg(proc.pid, 0)
     for track in [*out.glob("train/*"), *out.glob("test/*")]:  # finished tracks only
         assert {p.name for p in track.iterdir()} >= {"mixture.wav", "drums.wav"}, track

@@ -48,11 +48,20 @@ def musdb_setup(path: Path | None = None) -> dict:
     missing = [k for k in MUSDB_SETUP_KEYS if not isinstance(setup, dict) or k not in setup]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)}, which musdb reads; {fix}")
+    for key, kind in MUSDB_SETUP_KEYS.items():
+        if not isinstance(setup[key], kind):
+            raise UserError(f"{path}: {key} is a {type(setup[key]).__name__}, musdb reads a "
+                            f"{kind.__name__}; {fix}")
+    unnumbered = [n for n in ("mixture", *setup["sources"]) if n not in setup["stem_ids"]]
+    if unnumbered:
+        raise UserError(f"{path}: stem_ids lacks {', '.join(unnumbered)}; {fix}")
     return setup
 
 
-# The keys of a setup file musdb.DB reads (its sample_rate and sample-url are not read).
-MUSDB_SETUP_KEYS = ("sources", "targets", "mixture", "stem_ids", "validation_tracks")
+# The keys of a setup file musdb.DB reads, and their types (its sample_rate and sample-url are
+# not read).
+MUSDB_SETUP_KEYS = {"sources": dict, "targets": dict, "mixture": str, "stem_ids": dict,
+                    "validation_tracks": list}
 
 
 def check_wav_tracks(root: Path, subsets: list[str], setup: dict) -> None:

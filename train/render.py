@@ -259,7 +259,7 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
             for i, name, subset in todo]
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     levels = {}
-    pool = ProcessPoolExecutor(workers, initializer=_ignore_sigterm)
+    pool = ProcessPoolExecutor(workers, initializer=_leave_signals_to_the_parent)
     try:
         done = tqdm(pool.map(_render_track, jobs), total=len(plan.names), unit="song",
                     initial=len(plan.names) - len(jobs), desc="rendering", disable=not progress)
@@ -304,14 +304,16 @@ def heldout_tracks(root: str | Path) -> dict[str, bool]:
     return {name: bool(t["heldout"]) for name, t in json.loads(path.read_text())["tracks"].items()}
 
 
-def _ignore_sigterm() -> None:
-    """In each rendering process: SIGTERM (sent to the whole group by systemd or `kill -- -PGID`)
-    is left to the parent, which cancels the songs not started; a worker finishes its song (a few
-    seconds) and exits with the pool. The CLI's handler, inherited by fork, would print a
-    traceback per worker, and a worker killed outright makes Python 3.11's pool print another."""
+def _leave_signals_to_the_parent() -> None:
+    """In each rendering process: SIGTERM and SIGINT (sent to the whole group by systemd, `kill
+    -- -PGID` or Ctrl-C) are left to the parent, which cancels the songs not started; a worker
+    finishes its song (a few seconds) and exits with the pool. The CLI's handler, inherited by
+    fork, would print a traceback per worker, and a worker killed outright makes Python 3.11's
+    pool print another."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _render_track(job) -> tuple[str, float]:

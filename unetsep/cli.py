@@ -249,16 +249,19 @@ def cmd_live(args: argparse.Namespace) -> int:
     # gets the summary alone), rewritten in place.
     on_terminal = sys.stderr.isatty() and not args.quiet
 
+    shown = [False]  # whether a status line is on the terminal
+
     def show(line: str) -> None:
         sys.stderr.write("\r" + line)
         sys.stderr.flush()
+        shown[0] = True
 
     try:
         r = live.run_live(model, channels=args.channels, blocksize=args.blocksize or model.info.frame,
                           mix=args.mix, device_in=args.input, device_out=args.output, seconds=args.seconds,
                           status=show if on_terminal else None)
     finally:
-        if on_terminal:  # end the status line, before the summary or an error
+        if shown[0]:  # end the status line, before the summary or an error
             sys.stderr.write("\n")
     if args.quiet:
         if args.json:
