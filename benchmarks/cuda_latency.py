@@ -6,7 +6,9 @@ Every tensor lives on the GPU and is bound once with IOBinding; each call copies
 one hop) of audio host -> device, runs, and copies the estimate back (what live audio needs).
 A streaming (version 2) model's states stay on the GPU, ping-ponging between two bound sets.
 Stateless (version 1) models are also timed with a captured CUDA graph. Long file-mode calls
-(T = 2048 hops, stereo) give the throughput. Needs onnxruntime-gpu and a CUDA device.
+(T = 2048 hops, stereo) give the throughput. `--shape-changes` also times one CUDA session called
+on host arrays with a constant batch against batch 1 and 2 in turn, for each cuDNN convolution
+algorithm search. Needs onnxruntime-gpu and a CUDA device. Figures: benchmarks/cuda-h100.json.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def _session(path: Path, graph: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # a refused graph capture is reported in its row, not in red too
     opts = {"enable_cuda_graph": "1"} if graph else {}
     return ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", opts)])
 
@@ -59,10 +61,45 @@ def time_hops(path: Path, info, channels: int, hops: int, calls: int, graph: boo
         if i >= 50:
             times[i - 50] = time.perf_counter() - t
     us = times * 1e6
-    return {"model": path.name, "channels": channels, "hops": hops, "cuda_graph": graph,
+    return {"model": f"{path.parent.name}/{path.name}", "channels": channels, "hops": hops, "cuda_graph": graph,
             "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
             "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
             "seconds_per_second": float(hops * info.frame / info.sample_rate / (np.median(times)))}
+
+
+def shape_changes(path: Path, calls: int = 200) -> list[dict]:
+    """p50/p99 us per session.run (host arrays, 1 thread) with batch 1 throughout, and with batch
+    1 and 2 in turn, under each cudnn_conv_algo_search: what a changing input shape costs."""
+    import onnxruntime as ort
+
+    rows = []
+    for algo in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.log_severity_level = 1, 4
+        sess = ort.InferenceSession(str(path), so, providers=[
+            ("CUDAExecutionProvider", {"cudnn_conv_algo_search": algo}), "CPUExecutionProvider"])
+        feeds = []
+        for batch in (1, 2):  # symbolic axes: batch, and 64 samples (one hop) for a stream model
+            f = {}
+            for i in sess.get_inputs():
+                shape = [batch if d == "batch" else (64 if isinstance(d, str) else d) for d in i.shape]
+                f[i.name] = (np.random.default_rng(0).standard_normal(shape) * 0.1).astype(np.float32)
+            feeds.append(f)
+        for label, seq in (("batch 1 only", [feeds[0]] * calls),
+                           ("batch 1 and 2 in turn", feeds * (calls // 2))):
+            times, start = [], time.perf_counter()
+            for f in seq:
+                t = time.perf_counter()
+                sess.run(None, f)
+                times.append(time.perf_counter() - t)
+                if time.perf_counter() - start > 30:  # EXHAUSTIVE re-plans for >100 ms a call
+                    break
+            us = np.array(times[len(times) // 5:]) * 1e6
+            rows.append({"model": f"{path.parent.name}/{path.name}", "cudnn_conv_algo_search": algo,
+                         "calls": label, "timed": len(us), "p50_us": float(np.median(us)),
+                         "p99_us": float(np.percentile(us, 99))})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", nargs="+", help="ONNX models (default: the shipped one)")
     p.add_argument("--frames", type=int, default=5000)
     p.add_argument("--json")
+    p.add_argument("--shape-changes", action="store_true",
+                   help="also time batch changes between calls on one session (see the docstring)")
     args = p.parse_args(argv)
     print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}", flush=True)
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -82,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
               "(the gpu extra)", file=sys.stderr)
         return 2
     rows = []
-    for path in [Path(m) for m in (args.model or [default_model_path()])]:
+    paths = [Path(m) for m in (args.model or [default_model_path()])]
+    for path in paths:
         info = OrtModel(path).info
         configs = [(1, 1, False), (2, 1, False)]
         configs += [(2, 2048, False)] if info.streaming else [(1, 1, True), (2, 1, True), (4096, 1, False)]
@@ -90,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 r = time_hops(path, info, channels, hops, args.frames if hops == 1 else 50, graph)
             except Exception as e:  # a provider that cannot capture this graph: say so, go on
-                r = {"model": path.name, "channels": channels, "hops": hops, "cuda_graph": graph,
+                r = {"model": f"{path.parent.name}/{path.name}", "channels": channels, "hops": hops, "cuda_graph": graph,
                      "error": str(e).splitlines()[0][:160]}
             rows.append(r)
             print(json.dumps(r), flush=True)
+    shapes = [r for path in paths for r in shape_changes(path)] if args.shape_changes else []
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"onnxruntime": ort.__version__, "results": rows,
+                                               "shape_changes": shapes}, indent=2))
     return 0
 
 

@@ -38,19 +38,27 @@ def x_bound(model: str, p50_us_per_frame: float, bounds: dict) -> float | None:
     return p50_us_per_frame / b["bound_us"] if b else None
 
 
-def machine_rates(seconds: float = 1.0) -> tuple[float, float]:
-    """(GEMM GFLOP/s on one core through onnxruntime, memory read GB/s through numpy)."""
-    import onnxruntime as ort
+def gemm_model(n: int):
+    """An onnx model of one (n, n) @ (n, n) float32 MatMul, at IR 8 / opset 17 as the exported
+    models: the onnx package's newest IR can be ahead of the installed onnxruntime (onnx 1.23
+    writes IR 14, which onnxruntime-gpu 1.30 refuses)."""
     from onnx import TensorProto, helper
 
-    n = 512
     g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
                           [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
                            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
                           [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    return helper.make_model(g, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def machine_rates(seconds: float = 1.0) -> tuple[float, float]:
+    """(GEMM GFLOP/s on one core through onnxruntime, memory read GB/s through numpy)."""
+    import onnxruntime as ort
+
+    n = 512
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    s = ort.InferenceSession(helper.make_model(g).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(gemm_model(n).SerializeToString(), so, providers=["CPUExecutionProvider"])
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     s.run(None, {"a": a, "b": a})
     reps, t = 0, time.perf_counter()

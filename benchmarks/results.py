@@ -73,6 +73,49 @@ def _sdr_cell(e: dict, group: str | None, method: str) -> str:
     return f"{med[method]['sdr']:.2f}" if method in med else "-"
 
 
+def cuda_section(path: str) -> list[str]:
+    """RESULTS.md lines quoting a `benchmarks/cuda_latency.py` JSON file (timed on a lent GPU:
+    CI and this machine have none)."""
+    c = json.loads(Path(path).read_text())
+    lines = ["", "## CUDA provider (`python -m unetsep.benchmarks.cuda_latency`)", "",
+             f"{c.get('device', 'a CUDA device')}; {c.get('onnxruntime', '')}; {c.get('date', '')}. "
+             "Each call copies the frame (or hop) host -> device, runs with IOBinding on device-resident "
+             "tensors (a stream model's states ping-pong on the GPU), and copies the estimate back.", "",
+             "| model | streams | hops per call | CUDA graph | p50 us | p99 us | p99.9 us | max us | audio s/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in c["results"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['channels']} | {r['hops']} | {r['cuda_graph']} | "
+                         f"refused: {r['error']} |||||")
+        else:
+            lines.append(f"| {r['model']} | {r['channels']} | {r['hops']} | {r['cuda_graph']} | "
+                         f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['max_us']:.0f} | "
+                         f"{r['seconds_per_second']:.1f} |")
+    shapes = c.get("shape_changes") or {}
+    rows = shapes.get("rows", shapes if isinstance(shapes, list) else [])
+    if rows:
+        lines += ["", "One CUDA session whose input shape changes between calls (host arrays, "
+                  "`session.run`, as `live` and `bench` call it): " + shapes.get("what", "") + ".", "",
+                  "| model | cudnn_conv_algo_search | calls | p50 us | p99 us |", "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['model']} | {r['cudnn_conv_algo_search']} | {r['calls']} | "
+                         + (f"{r['p50_us']:.0f} | {r['p99_us']:.0f} |" if "p50_us" in r else f"{r['note']} ||"))
+    host = c.get("host_path")
+    if host:
+        lines += ["", f"The runtime's own call path ({host['what']}), CPU and CUDA on the same machine:", "",
+                  "| model | provider | batch | p50 us | p99 us |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['provider']} | {r['batch']} | {r['p50_us']:.0f} | {r['p99_us']:.0f} |"
+                  for r in host["rows"]]
+    sep = c.get("separate")
+    if sep:
+        lines += ["", f"{sep['what']}: CUDA {sep['cuda_s']:.2f} s, CPU (2 threads) {sep['cpu_2_threads_s']:.2f} s; "
+                  f"largest difference between the two outputs {sep['max_abs_diff_cuda_vs_cpu']:.1e} "
+                  f"(output RMS {sep['output_rms']:.3f})."]
+    if c.get("node_placement"):
+        lines += ["", c["node_placement"] + "."]
+    return lines
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="dataset for `unetsep evaluate` (its test split)")
@@ -87,6 +130,8 @@ def main(argv=None) -> None:
     p.add_argument("--level", nargs="+", default=[],
                    help="`python -m unetsep.benchmarks.level --json` files to quote")
     p.add_argument("--bands", help="a `python -m unetsep.benchmarks.bands --json` file to quote")
+    p.add_argument("--cuda", help="a `python -m unetsep.benchmarks.cuda_latency --json` file to quote "
+                   "(timed on a machine with a GPU)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp())
     cli = [sys.executable, "-m", "unetsep.cli"]
@@ -174,6 +219,8 @@ def main(argv=None) -> None:
                      f"{lv.get('callback_p99_us', 0):.0f} us, max {lv.get('callback_max_us', 0):.0f} us")
     for name, path in (("default", default), ("seed", seed)):
         lines += ["", tried(json.loads(path.with_name("report.json").read_text()))]
+    if args.cuda:
+        lines += cuda_section(args.cuda)
     if args.data:
         ev_cmd = ["evaluate", "--data", args.data, "--json", str(tmp / "e.json"),
                   "--plot", str(HERE / "sdr.png"), "--model", str(default), "--model", str(seed)] \

@@ -8,8 +8,11 @@ T invokes, the state carried between them, so the engine treats both backends al
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +47,17 @@ class OrtModel:
         providers = ["CPUExecutionProvider"]
         if provider == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        # A CUDA provider that fails to start (no device, a missing library) makes onnxruntime's
+        # Python layer print a multi-line "EP Error" banner on stdout and retry on the CPU: held
+        # here, its cause kept for open_model's one line (stdout carries separate's results).
+        banner = io.StringIO()
         try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+            with contextlib.redirect_stdout(banner):
+                self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise UserError(f"{self.path} is not an ONNX model onnxruntime can load "
                             f"({cause_of(e, 120)}); pass a model written by 'unetsep export'") from None
+        self.fallback_cause = fallback_cause(banner.getvalue())
         self.provider = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
@@ -72,6 +81,16 @@ class OrtModel:
         input name, ready to feed the next call)."""
         y, *nxt = self.session.run(self._outputs, {self.info.input_name: x, **states})
         return y, {s.input: a for s, a in zip(self.info.states, nxt)}
+
+
+def fallback_cause(banner: str) -> str | None:
+    """The reason in onnxruntime's "EP Error ... Falling back" banner, in one short line (the CUDA
+    error it names, where it names one), or None when nothing fell back."""
+    m = re.search(r"^EP Error (.+?) when using", banner, re.S | re.M)
+    if m is None:
+        return None
+    cuda = re.search(r"(CUDA failure \d+: [^;]+|CUDNN failure \d+: [^;]+)", m.group(1))
+    return cuda.group(1).strip() if cuda else cause_of(RuntimeError(m.group(1)), 160)
 
 
 def _io_shapes(args) -> dict[str, list]:
@@ -419,10 +438,11 @@ def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1
             return cpu
         if model.provider == "CUDAExecutionProvider":
             return model
+        why = getattr(model, "fallback_cause", None) or "check the CUDA and cuDNN libraries"
         if provider == "cuda":
-            raise UserError("--provider cuda: onnxruntime ran the model on the CPU (its CUDA provider did "
-                            "not load: check the CUDA and cuDNN libraries); use --provider cpu or auto")
-        say("unetsep: the CUDA provider did not load; running on the CPU")
+            raise UserError(f"--provider cuda: onnxruntime ran the model on the CPU (its CUDA provider did "
+                            f"not start: {why}); use --provider cpu or auto")
+        say(f"unetsep: the CUDA provider did not start ({why}); running on the CPU")
         return model
     # auto without a CUDA build of onnxruntime: the CPU, silently (the usual install, as demucs
     # says nothing when it has no GPU); only a CUDA provider that fails to load is worth a line.

@@ -103,3 +103,34 @@ def test_converted_files_take_their_float_models_bound():
         assert model_name(Path(file), "drums") == name
         assert float_model_name(name) == Path(file).parent.name
     assert float_model_name("seed") == "seed"
+
+
+def test_results_quote_the_cuda_figures(tmp_path):
+    """The committed GPU figures render as RESULTS.md's CUDA section: every timed row, the refused
+    CUDA graph captures with their reason, and the shape-change table."""
+    from unetsep.benchmarks.results import cuda_section
+
+    path = Path(__file__).parents[1] / "benchmarks" / "cuda-h100.json"
+    c = json.loads(path.read_text())
+    text = "\n".join(cuda_section(str(path)))
+    timed = [r for r in c["results"] if "error" in r or "p50_us" in r]
+    assert len(timed) == len(c["results"]) > 0
+    for r in c["results"]:
+        if "p50_us" in r:
+            assert f"| {r['model']} | {r['channels']} | {r['hops']} | {r['cuda_graph']} | {r['p50_us']:.0f} |" in text
+        else:
+            assert "refused: " + r["error"] in text
+    assert text.count("| batch 1 and 2 in turn |") == sum(
+        r["calls"] == "batch 1 and 2 in turn" for r in c["shape_changes"]["rows"])
+
+
+def test_gemm_probe_is_a_graph_older_runtimes_take():
+    """bench's GEMM probe declares IR 8 / opset 17, as the exported models: the onnx package's own
+    newest IR (14 with onnx 1.23) made onnxruntime-gpu 1.30 refuse it, and bench crash, on a GPU.
+    The oldest onnxruntime the project allows (1.17) reads IR <= 9 and opset <= 20."""
+    from unetsep.benchmarks.latency import gemm_model, machine_rates
+
+    m = gemm_model(8)
+    assert m.ir_version <= 9 and max(o.version for o in m.opset_import) <= 20
+    gflops, gbs = machine_rates(0.05)
+    assert gflops > 0 and gbs > 0

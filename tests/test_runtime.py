@@ -156,3 +156,26 @@ def test_live_format_choice_without_audio(tmp_path, monkeypatch):
     assert live_model_path(None, "onnx") == shipped_model("seed")
     with pytest.raises(UserError, match="runs .onnx files only"):
         live_model_path("default", "int8.tflite", "cuda")
+
+
+# onnxruntime-gpu 1.30's banner when its CUDA provider cannot start (seen with no GPU visible).
+EP_BANNER = """*************** EP Error ***************
+EP Error /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:154 std::conditional_t<THRW, void, onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, const char*, const char*, int) [with ERRTYPE = cudaError; bool THRW = true] CUDA failure 100: no CUDA-capable device is detected ; GPU=-1 ; hostname=vm ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_execution_provider.cc ; line=352 ; expr=cudaSetDevice(info_.device_id); 
+
+ when using ['CUDAExecutionProvider', 'CPUExecutionProvider']
+Falling back to ['CPUExecutionProvider'] and retrying.
+****************************************
+"""
+
+
+def test_cuda_fallback_banner_becomes_one_short_cause():
+    """onnxruntime prints a multi-line banner on stdout when CUDA fails to start; the runtime holds
+    it and names the CUDA error in its own one line. The banner is the one seen on an H100 with no
+    GPU visible; the held-banner path itself has not yet run on a GPU (none here or in CI)."""
+    from unetsep.runtime.backends import fallback_cause
+
+    assert fallback_cause(EP_BANNER) == "CUDA failure 100: no CUDA-capable device is detected"
+    lib = EP_BANNER.replace(EP_BANNER.splitlines()[1].split(" when")[0],
+                            "EP Error [ONNXRuntimeError] : 1 : FAIL : libcudnn.so.9: cannot open shared object file")
+    assert fallback_cause(lib) == "libcudnn.so.9: cannot open shared object file"
+    assert fallback_cause("") is None and fallback_cause("separated 3 files\n") is None

@@ -335,20 +335,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
             check_writable(value, flag)
     paths = _model_paths(args.model, say=lambda m: print(m, file=sys.stderr))
     models = [load_model(p, "cpu", threads=args.threads) for p in paths]
+    runs = [(m, b) for m in models for b in args.batch]
     if cuda_available():
         from unetsep.runtime.backends import CudaFailed
 
         for p in (p for p in paths if p.suffix == ".onnx"):
             try:
-                models.append(load_model(p, "cuda"))
+                # One CUDA session per batch size, as live holds one per stream: a CUDA session
+                # whose input shape changes between calls re-plans its cuDNN convolutions, 3-25 ms
+                # a call on an H100 (benchmarks/cuda-h100.json), which interleaving would time.
+                runs += [(load_model(p, "cuda"), b) for b in args.batch]
             except CudaFailed as e:
                 print(f"unetsep: {e}; timing it on the CPU only", file=sys.stderr)
-    configs = []
-    for m in models:
-        for b in args.batch:
-            configs.append(Timed(frame_call(m, b), m.info, b, {
-                "model": model_name(m.path, m.info.target), "provider": m.provider,
-                "backend": "onnxruntime" if m.path.suffix == ".onnx" else "litert"}))
+    configs = [Timed(frame_call(m, b), m.info, b, {
+        "model": model_name(m.path, m.info.target), "provider": m.provider,
+        "backend": ("onnxruntime-cuda" if m.provider == "CUDAExecutionProvider" else "onnxruntime")
+        if m.path.suffix == ".onnx" else "litert"}) for m, b in runs]
     if args.keras:
         needs_extra("train", "tensorflow")
         _quiet_tensorflow()
@@ -363,7 +365,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "model": "keras", "backend": "keras tf.function", "provider": "tensorflow"}))
     print(f"timing {len(configs)} configurations, {args.frames} frames each, interleaved", file=sys.stderr)
     results = time_calls(configs, args.frames)
-    onnx_models = [m for m in models if m.path.suffix == ".onnx" and "int8" not in m.path.name]
+    onnx_models = [m for m in models if m.path.suffix == ".onnx" and "int8" not in m.path.name]  # CPU ones
     bound = None
     from importlib.util import find_spec
 
@@ -382,6 +384,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 bounds[model_name(m.path, m.info.target)] = b
                 bound = bound or b
         for r in results:
+            if r["provider"] == "CUDAExecutionProvider":
+                continue  # the bound is this CPU core's, not the GPU's
             xb = latency.x_bound(r["model"], r["p50_us_per_frame"], bounds)
             if xb is not None:
                 r["x_bound"] = xb
