@@ -245,15 +245,6 @@ def cmd_live(args: argparse.Namespace) -> int:
         check_writable(args.json, "--json")
     path = live_model_path(args.model, args.format, args.provider)
     model = open_model(path, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
-    blocksize = args.blocksize or model.info.frame
-    if model.provider == "CUDAExecutionProvider" and blocksize % model.info.frame:
-        # Such blocks make 1 and 2 frames ready in turn: the model's input shape changes between
-        # calls, and a CUDA session re-plans its convolutions each time (3-25 ms a call on an
-        # H100, benchmarks/cuda-h100.json), far over a period.
-        print(f"unetsep live: on CUDA a --blocksize that is not a multiple of the model's frame "
-              f"({model.info.frame}) changes its input shape between callbacks, which costs "
-              f"milliseconds a call; use a multiple of {model.info.frame} or --provider cpu",
-              file=sys.stderr)
     # The status line: once per second from the main thread, on a terminal only (a log or a pipe
     # gets the summary alone), rewritten in place.
     on_terminal = sys.stderr.isatty() and not args.quiet
@@ -266,7 +257,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         shown[0] = True
 
     try:
-        r = live.run_live(model, channels=args.channels, blocksize=blocksize,
+        r = live.run_live(model, channels=args.channels, blocksize=args.blocksize or model.info.frame,
                           mix=args.mix, device_in=args.input, device_out=args.output, seconds=args.seconds,
                           status=show if on_terminal else None)
     finally:
