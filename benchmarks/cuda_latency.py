@@ -13,6 +13,7 @@ algorithm search. Needs onnxruntime-gpu and a CUDA device. Figures: benchmarks/c
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -77,7 +78,9 @@ def shape_changes(path: Path, calls: int = 200) -> list[dict]:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.log_severity_level = 1, 4
         sess = ort.InferenceSession(str(path), so, providers=[
-            ("CUDAExecutionProvider", {"cudnn_conv_algo_search": algo}), "CPUExecutionProvider"])
+            ("CUDAExecutionProvider", {"cudnn_conv_algo_search": algo})])
+        if sess.get_providers()[0] != "CUDAExecutionProvider":  # never time the CPU as CUDA
+            raise RuntimeError(f"the CUDA provider did not start for {path}")
         feeds = []
         for batch in (1, 2):  # symbolic axes: batch, and 64 samples (one hop) for a stream model
             f = {}
@@ -100,6 +103,19 @@ def shape_changes(path: Path, calls: int = 200) -> list[dict]:
                          "p99_us": float(np.percentile(us, 99))})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def gpu_name() -> str:
+    """The GPU's name and driver as nvidia-smi gives them, or "a CUDA device"."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        name, driver = out[0].split(", ")
+        return f"{name} (driver {driver})"
+    except Exception:  # no nvidia-smi, or an answer in another form: the table still renders
+        return "a CUDA device"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
                      "error": str(e).splitlines()[0][:160]}
             rows.append(r)
             print(json.dumps(r), flush=True)
-    shapes = [r for path in paths for r in shape_changes(path)] if args.shape_changes else []
+    out = {"device": gpu_name(), "onnxruntime": f"onnxruntime {ort.__version__}",
+           "date": str(datetime.date.today()), "command": " ".join(sys.argv), "results": rows}
+    if args.shape_changes:
+        out["shape_changes"] = {"what": "1 thread; 200 calls of batch 1, or batch 1 and 2 in turn "
+                                        "(100 pairs, at most 30 s); the first fifth dropped",
+                                "rows": [r for path in paths for r in shape_changes(path)]}
     if args.json:
-        Path(args.json).write_text(json.dumps({"onnxruntime": ort.__version__, "results": rows,
-                                               "shape_changes": shapes}, indent=2))
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 

@@ -92,10 +92,12 @@ def cuda_section(path: str) -> list[str]:
                          f"{r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['max_us']:.0f} | "
                          f"{r['seconds_per_second']:.1f} |")
     shapes = c.get("shape_changes") or {}
-    rows = shapes.get("rows", shapes if isinstance(shapes, list) else [])
+    if isinstance(shapes, list):  # rows alone
+        shapes = {"rows": shapes}
+    rows = shapes.get("rows", [])
     if rows:
         lines += ["", "One CUDA session whose input shape changes between calls (host arrays, "
-                  "`session.run`, as `live` and `bench` call it): " + shapes.get("what", "") + ".", "",
+                  "`session.run`, as the runtime calls it): " + shapes.get("what", "") + ".", "",
                   "| model | cudnn_conv_algo_search | calls | p50 us | p99 us |", "|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['model']} | {r['cudnn_conv_algo_search']} | {r['calls']} | "

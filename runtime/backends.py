@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,16 @@ class OrtModel:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Fatal only: errors reach the caller as exceptions (and the user as one line), so
-        # onnxruntime's own red log line would say them twice. (Its CUDA-to-CPU fallback on a
-        # first run is not logged but printed; probe() reads the provider again after that run.)
+        # onnxruntime's own red log line would say them twice.
         so.log_severity_level = 4
         providers = ["CPUExecutionProvider"]
         if provider == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        # A CUDA provider that fails to start (no device, a missing library) makes onnxruntime's
-        # Python layer print a multi-line "EP Error" banner on stdout and retry on the CPU: held
-        # here, its cause kept for open_model's one line (stdout carries separate's results).
+        # A CUDA provider that throws while starting (no device visible, seen on an H100; or
+        # CUDA_PATH set with CUDA unloadable) makes onnxruntime's Python layer print a multi-line
+        # "EP Error" banner on stdout and retry on the CPU: held here, its cause kept for
+        # open_model's one line (stdout carries separate's results). Missing libraries without
+        # CUDA_PATH give no banner: a CPU session, which open_model reports.
         banner = io.StringIO()
         try:
             with contextlib.redirect_stdout(banner):
@@ -58,7 +60,13 @@ class OrtModel:
             raise UserError(f"{self.path} is not an ONNX model onnxruntime can load "
                             f"({cause_of(e, 120)}); pass a model written by 'unetsep export'") from None
         self.fallback_cause = fallback_cause(banner.getvalue())
+        if banner.getvalue() and self.fallback_cause is None:  # words we do not know: not lost
+            sys.stderr.write(banner.getvalue())
         self.provider = self.session.get_providers()[0]
+        if self.provider == "CUDAExecutionProvider":
+            # Else a CUDA failure inside a run is printed on stdout and retried on the CPU; this
+            # way it raises, and probe() turns it into CudaFailed, which open_model handles.
+            self.session.disable_fallback()
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.info = ModelInfo.from_metadata(meta)

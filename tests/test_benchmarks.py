@@ -124,13 +124,40 @@ def test_results_quote_the_cuda_figures(tmp_path):
         r["calls"] == "batch 1 and 2 in turn" for r in c["shape_changes"]["rows"])
 
 
-def test_gemm_probe_is_a_graph_older_runtimes_take():
+def test_gemm_probe_is_a_graph_older_runtimes_take(monkeypatch):
     """bench's GEMM probe declares IR 8 / opset 17, as the exported models: the onnx package's own
     newest IR (14 with onnx 1.23) made onnxruntime-gpu 1.30 refuse it, and bench crash, on a GPU.
-    The oldest onnxruntime the project allows (1.17) reads IR <= 9 and opset <= 20."""
-    from unetsep.benchmarks.latency import gemm_model, machine_rates
+    The oldest onnxruntime the project allows (1.17) reads IR <= 9 and opset <= 20: the session
+    machine_rates opens is checked for that (this onnxruntime would take a newer IR)."""
+    import onnx
+    import onnxruntime as ort
 
-    m = gemm_model(8)
-    assert m.ir_version <= 9 and max(o.version for o in m.opset_import) <= 20
+    from unetsep.benchmarks.latency import machine_rates
+
+    real, seen = ort.InferenceSession, []
+
+    def checked(model, *args, **kw):
+        m = onnx.load_from_string(model)
+        seen.append((m.ir_version, max(o.version for o in m.opset_import)))
+        return real(model, *args, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", checked)
     gflops, gbs = machine_rates(0.05)
     assert gflops > 0 and gbs > 0
+    assert seen and all(ir <= 9 and opset <= 20 for ir, opset in seen)
+
+
+def test_results_render_what_cuda_latency_writes(tmp_path):
+    """cuda_latency's own JSON (shape changes as written, or as bare rows) renders too."""
+    from unetsep.benchmarks.results import cuda_section
+
+    row = {"model": "default/drums.onnx", "cudnn_conv_algo_search": "DEFAULT", "calls": "batch 1 only",
+           "timed": 160, "p50_us": 1000.0, "p99_us": 1200.0}
+    timed = {"model": "default/drums.onnx", "channels": 1, "hops": 1, "cuda_graph": False, "p50_us": 900.0,
+             "p99_us": 1000.0, "p999_us": 1100.0, "max_us": 1200.0, "seconds_per_second": 1.5}
+    for shapes in ({"what": "1 thread", "rows": [row]}, [row]):
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({"results": [timed], "shape_changes": shapes}))
+        text = "\n".join(cuda_section(str(path)))
+        assert "| default/drums.onnx | DEFAULT | batch 1 only | 1000 | 1200 |" in text
+        assert "| default/drums.onnx | 1 | 1 | False | 900 | 1000 | 1100 | 1200 | 1.5 |" in text

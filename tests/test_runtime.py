@@ -119,7 +119,9 @@ def test_bad_models(song, tmp_path):
     g = helper.make_graph([helper.make_node("Identity", ["mix"], ["stem"])], "g",
                           [helper.make_tensor_value_info("mix", TensorProto.FLOAT, [None, 64, 1])],
                           [helper.make_tensor_value_info("stem", TensorProto.FLOAT, [None, 64, 1])])
-    onnx.save(helper.make_model(g), str(tmp_path / "nometa.onnx"))
+    # IR 8 / opset 17 as exported models: onnx's newest IR can be ahead of onnxruntime's
+    onnx.save(helper.make_model(g, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "nometa.onnx"))
     proc = unetsep("separate", song, "--model", tmp_path / "nometa.onnx", check=False)
     assert proc.returncode == 2 and "lacks the unetsep model metadata" in proc.stderr
 
@@ -169,9 +171,9 @@ Falling back to ['CPUExecutionProvider'] and retrying.
 
 
 def test_cuda_fallback_banner_becomes_one_short_cause():
-    """onnxruntime prints a multi-line banner on stdout when CUDA fails to start; the runtime holds
-    it and names the CUDA error in its own one line. The banner is the one seen on an H100 with no
-    GPU visible; the held-banner path itself has not yet run on a GPU (none here or in CI)."""
+    """onnxruntime prints a multi-line banner on stdout when CUDA throws while starting; the runtime
+    names the CUDA error in its own one line. The first banner is the one seen on an H100 with no
+    GPU visible; the second (a library that would not load) is made up in the same form."""
     from unetsep.runtime.backends import fallback_cause
 
     assert fallback_cause(EP_BANNER) == "CUDA failure 100: no CUDA-capable device is detected"
@@ -179,3 +181,32 @@ def test_cuda_fallback_banner_becomes_one_short_cause():
                             "EP Error [ONNXRuntimeError] : 1 : FAIL : libcudnn.so.9: cannot open shared object file")
     assert fallback_cause(lib) == "libcudnn.so.9: cannot open shared object file"
     assert fallback_cause("") is None and fallback_cause("separated 3 files\n") is None
+
+
+def test_cuda_fallback_is_held_off_stdout_and_named(monkeypatch, capsys):
+    """The banner path end to end, with onnxruntime's session made to print it and come back on the
+    CPU, as onnxruntime-gpu does with no GPU visible: nothing reaches stdout, `--provider cuda` is
+    refused and `auto` runs on the CPU, each in one line naming the CUDA error."""
+    import onnxruntime as ort
+
+    from unetsep.runtime import backends
+    from unetsep.runtime.errors import UserError
+
+    real = ort.InferenceSession
+
+    def falls_back(path, so=None, providers=None, **kw):
+        print(EP_BANNER)
+        return real(path, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", falls_back)
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    shipped = backends.shipped_model("default")
+    said = []
+    with pytest.raises(UserError, match="did not start: CUDA failure 100: no CUDA-capable device"):
+        backends.open_model(shipped, "cuda", say=said.append)
+    model = backends.open_model(shipped, "auto", say=said.append)
+    assert model.provider == "CPUExecutionProvider"
+    assert said == ["unetsep: the CUDA provider did not start (CUDA failure 100: no CUDA-capable "
+                    "device is detected); running on the CPU"]
+    out = capsys.readouterr()
+    assert out.out == "" and "EP Error" not in out.err

@@ -341,12 +341,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         for p in (p for p in paths if p.suffix == ".onnx"):
             try:
-                # One CUDA session per batch size, as live holds one per stream: a CUDA session
-                # whose input shape changes between calls re-plans its cuDNN convolutions, 3-25 ms
-                # a call on an H100 (benchmarks/cuda-h100.json), which interleaving would time.
-                runs += [(load_model(p, "cuda"), b) for b in args.batch]
+                # One CUDA session per batch size, each called with one shape as live calls its
+                # one session: a CUDA session whose input shape changes between calls re-plans
+                # its cuDNN convolutions, over 100 ms a call on an H100 with onnxruntime's default
+                # (EXHAUSTIVE) search (benchmarks/cuda-h100.json), which interleaving would time.
+                cuda = [load_model(p, "cuda") for _ in args.batch]
             except CudaFailed as e:
-                print(f"unetsep: {e}; timing it on the CPU only", file=sys.stderr)
+                print(f"unetsep: onnxruntime's CUDA provider failed on {p.name} ({e.cause}); timing it "
+                      f"on the CPU only", file=sys.stderr)
+                continue
+            if cuda[0].provider != "CUDAExecutionProvider":
+                why = cuda[0].fallback_cause or "check the CUDA and cuDNN libraries"
+                print(f"unetsep: the CUDA provider did not start ({why}); timing {p.name} on the CPU "
+                      f"only", file=sys.stderr)
+                continue
+            runs += list(zip(cuda, args.batch))
     configs = [Timed(frame_call(m, b), m.info, b, {
         "model": model_name(m.path, m.info.target), "provider": m.provider,
         "backend": ("onnxruntime-cuda" if m.provider == "CUDAExecutionProvider" else "onnxruntime")
@@ -389,10 +398,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             xb = latency.x_bound(r["model"], r["p50_us_per_frame"], bounds)
             if xb is not None:
                 r["x_bound"] = xb
-    print(f"{'model':22s} {'backend':12s} {'batch':>5s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} "
+    print(f"{'model':22s} {'backend':16s} {'batch':>5s} {'p50':>8s} {'p99':>8s} {'p99.9':>8s} "
           f"{'max':>8s} {'us/frame':>9s} {'misses':>6s} {'x bound':>7s}")
     for r in results:
-        print(f"{r['model']:22s} {r['backend']:12s} {r['batch']:5d} {r['p50_us']:8.0f} {r['p99_us']:8.0f} "
+        print(f"{r['model']:22s} {r['backend']:16s} {r['batch']:5d} {r['p50_us']:8.0f} {r['p99_us']:8.0f} "
               f"{r['p999_us']:8.0f} {r['max_us']:8.0f} {r['p50_us_per_frame']:9.1f} "
               f"{r['deadline_misses']:6d} {r.get('x_bound', float('nan')):7.1f}")
     for name, b in (bounds.items() if bound else ()):
