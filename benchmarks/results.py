@@ -80,7 +80,8 @@ def cuda_section(path: str) -> list[str]:
     lines = ["", "## CUDA provider (`python -m unetsep.benchmarks.cuda_latency`)", "",
              f"{c.get('device', 'a CUDA device')}; {c.get('onnxruntime', '')}; {c.get('date', '')}. "
              "Each call copies the frame (or hop) host -> device, runs with IOBinding on device-resident "
-             "tensors (a stream model's states ping-pong on the GPU), and copies the estimate back.", "",
+             "tensors (a stream model's states ping-pong on the GPU), and copies the estimate back."
+             + (f" Models: {c['weights']}." if c.get("weights") else ""), "",
              "| model | streams | hops per call | CUDA graph | p50 us | p99 us | p99.9 us | max us | audio s/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in c["results"]:
