@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.separate import model_name
+
 
 def _session(path: Path, graph: bool = False):
     import onnxruntime as ort
@@ -62,16 +64,24 @@ def time_hops(path: Path, info, channels: int, hops: int, calls: int, graph: boo
         if i >= 50:
             times[i - 50] = time.perf_counter() - t
     us = times * 1e6
-    return {"model": f"{path.parent.name}/{path.name}", "channels": channels, "hops": hops, "cuda_graph": graph,
+    return {"model": model_name(path, info.target), "channels": channels, "hops": hops, "cuda_graph": graph,
             "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
             "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
             "seconds_per_second": float(hops * info.frame / info.sample_rate / (np.median(times)))}
 
 
-def shape_changes(path: Path, calls: int = 200) -> list[dict]:
+def shape_changes(path: Path, info, calls: int = 200) -> list[dict]:
     """p50/p99 us per session.run (host arrays, 1 thread) with batch 1 throughout, and with batch
     1 and 2 in turn, under each cudnn_conv_algo_search: what a changing input shape costs."""
     import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    feeds = []
+    for batch in (1, 2):  # one frame (v1) or one hop with zero state (v2), shapes from the metadata
+        width = info.frame if info.streaming else info.context
+        f = {info.input_name: (rng.standard_normal((batch, width, 1)) * 0.1).astype(np.float32)}
+        f.update({s.input: np.zeros((batch, *s.shape), np.float32) for s in info.states})
+        feeds.append(f)
 
     rows = []
     for algo in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
@@ -81,13 +91,6 @@ def shape_changes(path: Path, calls: int = 200) -> list[dict]:
             ("CUDAExecutionProvider", {"cudnn_conv_algo_search": algo})])
         if sess.get_providers()[0] != "CUDAExecutionProvider":  # never time the CPU as CUDA
             raise RuntimeError(f"the CUDA provider did not start for {path}")
-        feeds = []
-        for batch in (1, 2):  # symbolic axes: batch, and 64 samples (one hop) for a stream model
-            f = {}
-            for i in sess.get_inputs():
-                shape = [batch if d == "batch" else (64 if isinstance(d, str) else d) for d in i.shape]
-                f[i.name] = (np.random.default_rng(0).standard_normal(shape) * 0.1).astype(np.float32)
-            feeds.append(f)
         for label, seq in (("batch 1 only", [feeds[0]] * calls),
                            ("batch 1 and 2 in turn", feeds * (calls // 2))):
             times, start = [], time.perf_counter()
@@ -98,7 +101,7 @@ def shape_changes(path: Path, calls: int = 200) -> list[dict]:
                 if time.perf_counter() - start > 30:  # EXHAUSTIVE re-plans for >100 ms a call
                     break
             us = np.array(times[len(times) // 5:]) * 1e6
-            rows.append({"model": f"{path.parent.name}/{path.name}", "cudnn_conv_algo_search": algo,
+            rows.append({"model": model_name(path, info.target), "cudnn_conv_algo_search": algo,
                          "calls": label, "timed": len(us), "p50_us": float(np.median(us)),
                          "p99_us": float(np.percentile(us, 99))})
             print(json.dumps(rows[-1]), flush=True)
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from ..runtime.backends import OrtModel, default_model_path
+    from ..runtime.files import write_text_atomic
 
     p = argparse.ArgumentParser(prog="python -m unetsep.benchmarks.cuda_latency",
                                 description=__doc__.split("\n")[0])
@@ -138,15 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     paths = [Path(m) for m in (args.model or [default_model_path()])]
-    for path in paths:
-        info = OrtModel(path).info
+    infos = [OrtModel(path).info for path in paths]
+    for path, info in zip(paths, infos):
         configs = [(1, 1, False), (2, 1, False)]
         configs += [(2, 2048, False)] if info.streaming else [(1, 1, True), (2, 1, True), (4096, 1, False)]
         for channels, hops, graph in configs:
             try:
                 r = time_hops(path, info, channels, hops, args.frames if hops == 1 else 50, graph)
             except Exception as e:  # a provider that cannot capture this graph: say so, go on
-                r = {"model": f"{path.parent.name}/{path.name}", "channels": channels, "hops": hops, "cuda_graph": graph,
+                r = {"model": model_name(path, info.target), "channels": channels, "hops": hops, "cuda_graph": graph,
                      "error": str(e).splitlines()[0][:160]}
             rows.append(r)
             print(json.dumps(r), flush=True)
@@ -155,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.shape_changes:
         out["shape_changes"] = {"what": "1 thread; 200 calls of batch 1, or batch 1 and 2 in turn "
                                         "(100 pairs, at most 30 s); the first fifth dropped",
-                                "rows": [r for path in paths for r in shape_changes(path)]}
+                                "rows": [r for p, i in zip(paths, infos) for r in shape_changes(p, i)]}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_text_atomic(Path(args.json), json.dumps(out, indent=2))
     return 0
 
 

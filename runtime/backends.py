@@ -101,6 +101,14 @@ def fallback_cause(banner: str) -> str | None:
     return cuda.group(1).strip() if cuda else cause_of(RuntimeError(m.group(1)), 160)
 
 
+def cuda_fallback(model) -> str | None:
+    """Why a model loaded for CUDA runs on the CPU (onnxruntime's reason where it gave one), or None
+    when it runs on CUDA."""
+    if model.provider == "CUDAExecutionProvider":
+        return None
+    return getattr(model, "fallback_cause", None) or "check the CUDA and cuDNN libraries"
+
+
 def _io_shapes(args) -> dict[str, list]:
     """{name: shape} of a session's inputs or outputs; symbolic axes are strings or None."""
     return {a.name: list(a.shape) for a in args}
@@ -444,9 +452,9 @@ def open_model(path: str | Path | None, provider: str = "auto", threads: int = 1
                 raise
             say(f"unetsep: onnxruntime's CUDA provider failed on this model ({e.cause}); running on the CPU")
             return cpu
-        if model.provider == "CUDAExecutionProvider":
+        why = cuda_fallback(model)
+        if why is None:
             return model
-        why = getattr(model, "fallback_cause", None) or "check the CUDA and cuDNN libraries"
         if provider == "cuda":
             raise UserError(f"--provider cuda: onnxruntime ran the model on the CPU (its CUDA provider did "
                             f"not start: {why}); use --provider cpu or auto")

@@ -337,7 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = [load_model(p, "cpu", threads=args.threads) for p in paths]
     runs = [(m, b) for m in models for b in args.batch]
     if cuda_available():
-        from unetsep.runtime.backends import CudaFailed
+        from unetsep.runtime.backends import CudaFailed, cuda_fallback
 
         for p in (p for p in paths if p.suffix == ".onnx"):
             try:
@@ -350,8 +350,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"unetsep: onnxruntime's CUDA provider failed on {p.name} ({e.cause}); timing it "
                       f"on the CPU only", file=sys.stderr)
                 continue
-            if cuda[0].provider != "CUDAExecutionProvider":
-                why = cuda[0].fallback_cause or "check the CUDA and cuDNN libraries"
+            why = cuda_fallback(cuda[0])
+            if why is not None:
                 print(f"unetsep: the CUDA provider did not start ({why}); timing {p.name} on the CPU "
                       f"only", file=sys.stderr)
                 continue
