@@ -79,6 +79,33 @@ class OrtModel:
         check_graph(self.path, self.info, _io_shapes(self.session.get_inputs()),
                     _io_shapes(self.session.get_outputs()))
         self._outputs = [self.info.output_name, *(s.output for s in self.info.states)]
+        self._options = so  # for graph_session()
+        self._graph_session: object = None  # made on first request (graph_session())
+
+    def graph_session(self):
+        """A second session of the same file on CUDA that may capture CUDA graphs (onnxruntime's
+        enable_cuda_graph), for IOBinding runs at fixed device addresses; None where the session
+        is not on CUDA or onnxruntime refuses (a model with nodes its CUDA provider lacks, such as
+        the seed's 1-D ConvTranspose). Runs on it pick a `gpu_graph_id` run option: one id per set
+        of bound addresses, or -1 for a run not to capture."""
+        if self.provider != "CUDAExecutionProvider":
+            return None
+        if self._graph_session is None:
+            import onnxruntime as ort
+
+            so = self._options
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # a refusal is not worth a banner
+                    sess = ort.InferenceSession(str(self.path), so, providers=[
+                        ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+            except Exception:  # onnxruntime: "cannot use the graph capture feature ..."
+                sess = False
+            if sess and sess.get_providers()[0] != "CUDAExecutionProvider":
+                sess = False
+            if sess:
+                sess.disable_fallback()
+            self._graph_session = sess
+        return self._graph_session or None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.info.output_name], {self.info.input_name: x})[0]

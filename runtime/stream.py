@@ -57,17 +57,23 @@ EAGER_BLOCK = 4096
 class StatefulRunner:
     """Calls a version-2 model on x[T] (channels, T*frame, 1), carrying every state per channel.
 
-    States live in two preallocated sets, A and B. With onnxruntime on CPU, each call is one
-    IOBinding bound once: the even calls read A and write B, the odd calls read B and write A
-    (ping-pong), so nothing is allocated or copied per call beyond the model's own work. LiteRT
-    (`run_stateful_into`) copies x and the current set into its interpreter's buffers and its
-    outputs into y and the other set: no data array is allocated per call (its interpreter for
-    this batch is made here, up front), though LiteRT's Python API makes a small view object per
-    tensor access. Other backends get the states as arrays and their next values are copied
-    back into the set.
+    States live in two preallocated sets, A and B: the even calls read A and write B, the odd
+    calls read B and write A (ping-pong).
+    - onnxruntime on CPU: each call is one IOBinding bound once to the host arrays, so nothing
+      is allocated or copied per call beyond the model's own work.
+    - onnxruntime on CUDA (or `device` given): the sets, x and y live on the device, bound once;
+      a call copies x in and y out (one small array per call), the state never leaves the
+      device. Where onnxruntime can capture the model as CUDA graphs (OrtModel.graph_session),
+      each call of up to `graph_hops` hops replays its own graph: one per hop count and parity,
+      since a graph replays fixed addresses; longer (file-mode) calls run uncaptured.
+    - LiteRT (`run_stateful_into`) copies x and the current set into its interpreter's buffers
+      and its outputs into y and the other set: no data array is allocated per call (its
+      interpreter for this batch is made here, up front), though LiteRT's Python API makes a
+      small view object per tensor access.
+    - Other backends get the states as arrays; their next values are copied back into the set.
     """
 
-    def __init__(self, model, channels: int, hops: list[int]):
+    def __init__(self, model, channels: int, hops: list[int], device: str | None = None):
         info = model.info
         self.model, self.info, self.channels = model, info, channels
         self.sets = [{s.input: np.zeros((channels, *s.shape), np.float32) for s in info.states}
@@ -75,7 +81,25 @@ class StatefulRunner:
         self.parity = 0
         self.x, self.y, self._bindings = {}, {}, {}
         session = getattr(model, "session", None)
-        self._bind = session is not None and model.provider == "CPUExecutionProvider"
+        on_cuda = session is not None and model.provider == "CUDAExecutionProvider"
+        self.device = (device or ("cuda" if on_cuda else None)) if session is not None else None
+        self._bind = session is not None and (model.provider == "CPUExecutionProvider" or self.device)
+        self._session = session
+        self.graph_hops = 0  # calls of up to this many hops replay CUDA graphs
+        if self.device:
+            import onnxruntime as ort
+
+            graphs = model.graph_session() if on_cuda else None
+            if graphs is not None:
+                self._session, self.graph_hops = graphs, max(hops, default=0)
+
+            def dev(a: np.ndarray):  # memory of the device's own, filled from `a`
+                v = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, self.device, 0)
+                v.update_inplace(a)
+                return v
+            self._dev = dev
+            self._dev_sets = [{k: dev(a) for k, a in states.items()} for states in self.sets]
+            self._dev_x, self._dev_y, self._run_options = {}, {}, {}
         self._into = getattr(model, "run_stateful_into", None)
         if self._into is not None:
             model.prepare(channels)
@@ -93,33 +117,62 @@ class StatefulRunner:
             return
         import onnxruntime as ort
 
-        value = ort.OrtValue.ortvalue_from_numpy
+        if self.device:
+            x, y = self._dev_x[hops], self._dev_y[hops] = self._dev(self.x[hops]), self._dev(self.y[hops])
+            sets = self._dev_sets
+        else:
+            x, y = ort.OrtValue.ortvalue_from_numpy(self.x[hops]), ort.OrtValue.ortvalue_from_numpy(self.y[hops])
+            sets = [{k: ort.OrtValue.ortvalue_from_numpy(a) for k, a in st.items()} for st in self.sets]
         for parity in (0, 1):
-            src, dst = self.sets[parity], self.sets[1 - parity]
-            b = self.model.session.io_binding()
-            b.bind_ortvalue_input(info.input_name, value(self.x[hops]))
-            b.bind_ortvalue_output(info.output_name, value(self.y[hops]))
+            src, dst = sets[parity], sets[1 - parity]
+            b = self._session.io_binding()
+            b.bind_ortvalue_input(info.input_name, x)
+            b.bind_ortvalue_output(info.output_name, y)
             for s in info.states:
-                b.bind_ortvalue_input(s.input, value(src[s.input]))
-                b.bind_ortvalue_output(s.output, value(dst[s.input]))
+                b.bind_ortvalue_input(s.input, src[s.input])
+                b.bind_ortvalue_output(s.output, dst[s.input])
             self._bindings[hops, parity] = b
+            if self.device:
+                ro = ort.RunOptions()
+                if self.graph_hops:  # ids 1, 2, ... (0 is onnxruntime's own); -1: not captured
+                    graph = 2 * hops + parity - 1 if hops <= self.graph_hops else -1
+                    ro.add_run_config_entry("gpu_graph_id", str(graph))
+                self._run_options[hops, parity] = ro
 
     def reset(self) -> None:
         """Back to silence before the start: zero state."""
         for states in self.sets:
             for a in states.values():
                 a.fill(0.0)
+        if self.device:
+            for states, host in zip(self._dev_sets, self.sets):
+                for k, v in states.items():
+                    v.update_inplace(host[k])
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """The current state, by input name: (channels, *shape) arrays (views, not copies)."""
+        """The current state, by input name: (channels, *shape) arrays (views of the host sets;
+        copies where the state lives on a device). Set it with load_state."""
+        if self.device:
+            return {k: v.numpy() for k, v in self._dev_sets[self.parity].items()}
         return self.sets[self.parity]
+
+    def load_state(self, states: dict[str, np.ndarray]) -> None:
+        """Start the next call from `states` (by input name, (channels, *shape) each)."""
+        for k, a in self.sets[self.parity].items():
+            a[...] = states[k]
+            if self.device:
+                self._dev_sets[self.parity][k].update_inplace(a)
 
     def __call__(self, hops: int) -> np.ndarray:
         """Run on self.x[hops] (filled by the caller); returns self.y[hops]."""
         binding = self._bindings.get((hops, self.parity))
-        if binding is not None:
-            self.model.session.run_with_iobinding(binding)
+        if binding is not None and self.device:
+            self._dev_x[hops].update_inplace(self.x[hops])
+            self._session.run_with_iobinding(binding, self._run_options[hops, self.parity])
+            self.y[hops][...] = self._dev_y[hops].numpy()
+        elif binding is not None:
+            self._session.run_with_iobinding(binding)
         elif self._into is not None:
             self._into(self.x[hops], self.state, self.y[hops], self.sets[1 - self.parity])
         else:

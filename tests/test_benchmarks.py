@@ -6,6 +6,7 @@ from pathlib import Path
 
 import musdb
 import numpy as np
+import pytest
 
 from conftest import unetsep
 
@@ -105,12 +106,13 @@ def test_converted_files_take_their_float_models_bound():
     assert float_model_name("seed") == "seed"
 
 
-def test_results_quote_the_cuda_figures(tmp_path):
+@pytest.mark.parametrize("name", ["cuda-h100.json", "cuda-h200.json"])
+def test_results_quote_the_cuda_figures(name):
     """The committed GPU figures render as RESULTS.md's CUDA section: every timed row, the refused
     CUDA graph captures with their reason, and the shape-change table."""
     from unetsep.benchmarks.results import cuda_section
 
-    path = Path(__file__).parents[1] / "benchmarks" / "cuda-h100.json"
+    path = Path(__file__).parents[1] / "benchmarks" / name
     c = json.loads(path.read_text())
     text = "\n".join(cuda_section(str(path)))
     timed = [r for r in c["results"] if "error" in r or "p50_us" in r]

@@ -171,6 +171,44 @@ def test_bottleneck_step_hears_its_whole_hop(tmp_path):
         assert (d[n] > 0) == changes_hop_n
 
 
+def test_device_bound_runner_matches_host_arrays(stream_model):
+    """The path CUDA takes (x, y and both state sets in the device's own memory, bound once,
+    copied in and out per call), run here with onnxruntime's CPU memory: the same output as the
+    host-array binding for calls of 1 and 3 hops in any order, the same state after them, and
+    reset and load_state reach the device copies."""
+    from unetsep.runtime.stream import StatefulRunner
+
+    x = noise(0.1)
+    host = StatefulRunner(stream_model, channels=2, hops=[1, 3])
+    dev = StatefulRunner(stream_model, channels=2, hops=[1, 3], device="cpu")
+    assert dev.device == "cpu" and host.device is None
+    assert stream_model.graph_session() is None  # CUDA graphs only where the session is on CUDA
+
+    def go(runner):
+        out, i = [], 0
+        for k, hops in enumerate([1, 3, 1, 1, 3] * 40):
+            if i + hops * FRAME > len(x):
+                break
+            runner.x[hops][:, :, 0] = x[i:i + hops * FRAME].T
+            out.append(runner(hops)[:, :, 0].copy())
+            i += hops * FRAME
+        return np.concatenate(out, axis=1)
+
+    a, b = go(host), go(dev)
+    assert np.abs(a).max() > 0 and np.abs(a - b).max() <= 1e-6
+    for k, v in host.state.items():
+        assert np.abs(dev.state[k] - v).max() <= 1e-6, k
+    dev.reset()
+    assert all(not v.any() for v in dev.state.values())
+    assert np.abs(go(dev) - a).max() <= 1e-6  # from silence again: the same output
+    rng = np.random.default_rng(2)
+    start = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.3 for k, v in host.state.items()}
+    host.reset(); host.load_state(start)
+    dev.reset(); dev.load_state(start)
+    c = go(host)
+    assert np.abs(go(dev) - c).max() <= 1e-6 and np.abs(c - a).max() > 1e-3
+
+
 def test_reset_and_initial_state(stream_model):
     from unetsep.runtime.stream import StatefulRunner
 
@@ -191,8 +229,7 @@ def test_reset_and_initial_state(stream_model):
     rng = np.random.default_rng(5)
     runner.reset()
     start = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.3 for k, v in runner.state.items()}
-    for k, v in runner.state.items():
-        v[...] = start[k]
+    runner.load_state(start)
     b = go()
     y, _ = stream_model.run_stateful(np.ascontiguousarray(x.T[..., None]), start)
     assert np.abs(b - y[:, :, 0]).max() <= 1e-5

@@ -111,8 +111,7 @@ def test_litert_float_equals_onnx_and_carries_state(models):
     assert np.abs(zero - got).max() > 1e-3  # the start state matters
     # The runner (live path) from the same start state, one hop a call.
     runner = StatefulRunner(models["tflite"], channels=2, hops=[1])
-    for k, v in runner.state.items():
-        v[...] = start[k]
+    runner.load_state(start)
     out = []
     for i in range(0, len(x), FRAME):
         runner.x[1][:, :, 0] = x[i:i + FRAME].T
