@@ -116,6 +116,8 @@ def cuda_section(path: str) -> list[str]:
                   f"(output RMS {sep['output_rms']:.3f})."]
     if c.get("node_placement"):
         lines += ["", c["node_placement"] + "."]
+    for note in c.get("notes", []):  # figures measured beside the tables (how: in the note)
+        lines += ["", note]
     return lines
 
 

@@ -81,6 +81,14 @@ class OrtModel:
         self._outputs = [self.info.output_name, *(s.output for s in self.info.states)]
         self._options = so  # for graph_session()
         self._graph_session: object = None  # made on first request (graph_session())
+        self._graph_ids = 0
+
+    def new_graph_id(self) -> int:
+        """A `gpu_graph_id` no other caller of this model got: every captured graph replays the
+        addresses it was captured with, so two runners (or two hop counts) must never share one.
+        1, 2, ...: 0 is onnxruntime's own."""
+        self._graph_ids += 1
+        return self._graph_ids
 
     def graph_session(self):
         """A second session of the same file on CUDA that may capture CUDA graphs (onnxruntime's
@@ -98,7 +106,8 @@ class OrtModel:
                 with contextlib.redirect_stdout(io.StringIO()):  # a refusal is not worth a banner
                     sess = ort.InferenceSession(str(self.path), so, providers=[
                         ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
-            except Exception:  # onnxruntime: "cannot use the graph capture feature ..."
+            except Exception as e:  # "cannot use the graph capture feature ...": nodes on the CPU
+                self.graph_refused = cause_of(e, 160)
                 sess = False
             if sess and sess.get_providers()[0] != "CUDAExecutionProvider":
                 sess = False

@@ -229,6 +229,9 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
     returns that folder. Problems with the file raise UserError (one line, the file named);
     `say` gets warnings (a silent or cut-short input, temporaries of a killed run cleaned)."""
     import soundfile as sf
+    # Imported before any temporary exists: a SIGTERM or Ctrl-C raised inside soxr's first
+    # import (a nanobind module) aborts the process, which would leave its temporaries behind.
+    import soxr  # noqa: F401
 
     say = say or (lambda m: None)
     info = model.info

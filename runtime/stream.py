@@ -13,6 +13,8 @@ only copies.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 
@@ -54,6 +56,11 @@ class Runner:
 EAGER_BLOCK = 4096
 
 
+# A runner whose calls bring at most this many hops (live blocks) replays captured CUDA graphs,
+# all captured in its constructor; one with longer calls (file mode) runs uncaptured.
+GRAPH_MAX_HOPS = 8
+
+
 class StatefulRunner:
     """Calls a version-2 model on x[T] (channels, T*frame, 1), carrying every state per channel.
 
@@ -63,17 +70,20 @@ class StatefulRunner:
       is allocated or copied per call beyond the model's own work.
     - onnxruntime on CUDA (or `device` given): the sets, x and y live on the device, bound once;
       a call copies x in and y out (one small array per call), the state never leaves the
-      device. Where onnxruntime can capture the model as CUDA graphs (OrtModel.graph_session),
-      each call of up to `graph_hops` hops replays its own graph: one per hop count and parity,
-      since a graph replays fixed addresses; longer (file-mode) calls run uncaptured.
+      device. Where onnxruntime can capture the model as CUDA graphs (OrtModel.graph_session)
+      and no call brings more than GRAPH_MAX_HOPS hops (live), every (hop count, parity) gets
+      its own graph, captured here, up front, on silence: a graph replays fixed addresses, and
+      capturing inside an audio callback would stall it. Should capture fail, the runner says so
+      on stderr and runs without graphs.
     - LiteRT (`run_stateful_into`) copies x and the current set into its interpreter's buffers
       and its outputs into y and the other set: no data array is allocated per call (its
       interpreter for this batch is made here, up front), though LiteRT's Python API makes a
       small view object per tensor access.
     - Other backends get the states as arrays; their next values are copied back into the set.
+    `graphs` (tests): the session to capture on, instead of the model's own graph_session().
     """
 
-    def __init__(self, model, channels: int, hops: list[int], device: str | None = None):
+    def __init__(self, model, channels: int, hops: list[int], device: str | None = None, graphs=None):
         info = model.info
         self.model, self.info, self.channels = model, info, channels
         self.sets = [{s.input: np.zeros((channels, *s.shape), np.float32) for s in info.states}
@@ -86,12 +96,12 @@ class StatefulRunner:
         self._bind = session is not None and (model.provider == "CPUExecutionProvider" or self.device)
         self._session = session
         self.graph_hops = 0  # calls of up to this many hops replay CUDA graphs
+        self.graph_ids: dict[tuple[int, int], int] = {}  # (hops, parity) -> gpu_graph_id, -1 = none
+        self._into = getattr(model, "run_stateful_into", None)
+        if self._into is not None:
+            model.prepare(channels)
         if self.device:
             import onnxruntime as ort
-
-            graphs = model.graph_session() if on_cuda else None
-            if graphs is not None:
-                self._session, self.graph_hops = graphs, max(hops, default=0)
 
             def dev(a: np.ndarray):  # memory of the device's own, filled from `a`
                 v = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, self.device, 0)
@@ -100,11 +110,34 @@ class StatefulRunner:
             self._dev = dev
             self._dev_sets = [{k: dev(a) for k, a in states.items()} for states in self.sets]
             self._dev_x, self._dev_y, self._run_options = {}, {}, {}
-        self._into = getattr(model, "run_stateful_into", None)
-        if self._into is not None:
-            model.prepare(channels)
+            if graphs is None and on_cuda and 0 < max(hops, default=0) <= GRAPH_MAX_HOPS:
+                graphs = model.graph_session()
+            if graphs is not None:
+                self._session, self.graph_hops = graphs, max(hops)
+                try:
+                    self._capture(hops)
+                    return
+                except Exception as e:  # onnxruntime's own types: run without graphs instead
+                    from .errors import cause_of
+
+                    print(f"unetsep: CUDA graph capture failed ({cause_of(e, 160)}); running "
+                          f"without graphs", file=sys.stderr)
+                    self._session, self.graph_hops = session, 0
+                    for d in (self.x, self.y, self._bindings, self._dev_x, self._dev_y,
+                              self._run_options, self.graph_ids):
+                        d.clear()
         for t in hops:
             self.prepare(t)
+
+    def _capture(self, hops: list[int]) -> None:
+        """Prepare every hop count and capture its two graphs on silence, then back to silence."""
+        for t in hops:
+            self.prepare(t)
+        for t in hops:
+            for parity in (0, 1):
+                for _ in range(3):  # onnxruntime runs a graph id plainly before capturing it
+                    self._session.run_with_iobinding(self._bindings[t, parity], self._run_options[t, parity])
+        self.reset()
 
     def prepare(self, hops: int) -> None:
         """Allocate (and bind) the arrays of a call of `hops` hops."""
@@ -134,9 +167,10 @@ class StatefulRunner:
             self._bindings[hops, parity] = b
             if self.device:
                 ro = ort.RunOptions()
-                if self.graph_hops:  # ids 1, 2, ... (0 is onnxruntime's own); -1: not captured
-                    graph = 2 * hops + parity - 1 if hops <= self.graph_hops else -1
-                    ro.add_run_config_entry("gpu_graph_id", str(graph))
+                if self.graph_hops:  # on the graph session every run names its graph, or -1
+                    gid = self.model.new_graph_id() if hops <= self.graph_hops else -1
+                    self.graph_ids[hops, parity] = gid
+                    ro.add_run_config_entry("gpu_graph_id", str(gid))
                 self._run_options[hops, parity] = ro
 
     def reset(self) -> None:
@@ -151,8 +185,8 @@ class StatefulRunner:
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """The current state, by input name: (channels, *shape) arrays (views of the host sets;
-        copies where the state lives on a device). Set it with load_state."""
+        """The current state, by input name: (channels, *shape) arrays (views of the host sets,
+        or read from the device's memory where it lives there). Set it with load_state."""
         if self.device:
             return {k: v.numpy() for k, v in self._dev_sets[self.parity].items()}
         return self.sets[self.parity]

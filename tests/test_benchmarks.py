@@ -122,6 +122,7 @@ def test_results_quote_the_cuda_figures(name):
             assert f"| {r['model']} | {r['channels']} | {r['hops']} | {r['cuda_graph']} | {r['p50_us']:.0f} |" in text
         else:
             assert "refused: " + r["error"] in text
+    assert all(note in text for note in c.get("notes", []))
     assert text.count("| batch 1 and 2 in turn |") == sum(
         r["calls"] == "batch 1 and 2 in turn" for r in c["shape_changes"]["rows"])
 

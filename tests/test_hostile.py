@@ -235,9 +235,13 @@ def test_sigterm_during_separate_leaves_nothing(shipped, tmp_path):
                             text=True)
     deadline = time.time() + 90
     while not temporaries(tmp_path) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.005)
+    # Frozen the moment a temporary shows, so that a busy machine cannot let it finish writing
+    # (and exit 0) between this check and the signal; SIGTERM is then handled on SIGCONT.
+    proc.send_signal(signal.SIGSTOP)
     assert temporaries(tmp_path), "separate wrote no temporaries to interrupt"
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "terminated" in err and "Traceback" not in err, err

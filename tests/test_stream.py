@@ -209,6 +209,56 @@ def test_device_bound_runner_matches_host_arrays(stream_model):
     assert np.abs(go(dev) - c).max() <= 1e-6 and np.abs(c - a).max() > 1e-3
 
 
+def test_graph_ids_never_shared(stream_model):
+    """CUDA graphs replay the addresses they were captured with, so every (runner, hop count,
+    parity) must get its own gpu_graph_id from the model, calls longer than the captured ones
+    run uncaptured (-1), and the capture runs in the constructor leave no trace in the output.
+    (onnxruntime's CPU provider ignores the ids: the CUDA capture itself needs a GPU.)"""
+    from unetsep.runtime.stream import StatefulRunner
+
+    x = noise(0.05)
+    host = StatefulRunner(stream_model, channels=2, hops=[1, 2])
+    runners = [StatefulRunner(stream_model, channels=c, hops=[1, 2], device="cpu",
+                              graphs=stream_model.session) for c in (2, 1)]
+    ids = [i for r in runners for i in r.graph_ids.values()]
+    assert len(ids) == 8 and min(ids) >= 1 and len(set(ids)) == 8
+    runners[0].prepare(20)  # a file-mode call: no graph
+    assert runners[0].graph_ids[20, 0] == runners[0].graph_ids[20, 1] == -1
+    assert all(not v.any() for v in runners[0].state.values())  # capture ran on silence, reset after
+    out = {}
+    for name, r in (("host", host), ("graphs", runners[0])):
+        ys = []
+        for i in range(0, len(x) - 2 * FRAME + 1, 2 * FRAME):
+            r.x[2][:, :, 0] = x[i:i + 2 * FRAME].T
+            ys.append(r(2)[:, :, 0].copy())
+        out[name] = np.concatenate(ys, axis=1)
+    assert np.abs(out["host"]).max() > 0 and np.abs(out["host"] - out["graphs"]).max() <= 1e-6
+
+
+def test_failed_graph_capture_runs_without_graphs(stream_model, capsys):
+    """A capture that fails (on a GPU: a CUDA error inside onnxruntime; here a session that
+    raises on every run) costs the graphs, not the stream: one line on stderr, then the plain
+    session on the same device-bound path, output unchanged."""
+    from unetsep.runtime.stream import StatefulRunner
+
+    class Refusing:  # the real session, except that every IOBinding run fails
+        def io_binding(self):
+            return stream_model.session.io_binding()
+
+        def run_with_iobinding(self, binding, options=None):
+            raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
+
+    x = noise(0.02)
+    host = StatefulRunner(stream_model, channels=2, hops=[1])
+    r = StatefulRunner(stream_model, channels=2, hops=[1], device="cpu", graphs=Refusing())
+    assert r.graph_hops == 0 and r.graph_ids == {}
+    err = capsys.readouterr().err
+    assert "CUDA graph capture failed (CUDA failure 700" in err and err.count("\n") == 1
+    for i in range(0, len(x) - FRAME + 1, FRAME):
+        host.x[1][:, :, 0] = r.x[1][:, :, 0] = x[i:i + FRAME].T
+        assert np.abs(host(1) - r(1)).max() <= 1e-6
+
+
 def test_reset_and_initial_state(stream_model):
     from unetsep.runtime.stream import StatefulRunner
 
