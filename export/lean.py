@@ -112,9 +112,18 @@ def build_lean_onnx(model, cfg, info: ModelInfo, dense_factor: float = 2.0) -> o
             # strided conv over L*s samples with that conv's own padding.
             w = kernel.transpose(2, 1, 0) * scale[None, :, None]
             pads = same_padding(l_out, k, s)
+            # onnxruntime's CUDA ConvTranspose takes symmetric pads only (it leaves the node on
+            # the CPU otherwise, and then refuses CUDA graphs): pad the smaller amount on both
+            # sides and slice off the extra samples at the end.
+            sym = min(pads)
             y = g.op("ConvTranspose", [x, g.const(f"{layer.name}_w", w.astype(np.float32)),
                                        g.const(f"{layer.name}_b", (bias * scale + shift).astype(np.float32))],
-                     layer.name, kernel_shape=[k], strides=[s], pads=list(pads))
+                     layer.name, kernel_shape=[k], strides=[s], pads=[sym, sym])
+            if pads[0] != pads[1]:
+                start = pads[0] - sym
+                y = g.op("Slice", [y, g.const("start", np.array([start], np.int64)),
+                                   g.const("end", np.array([start + l_out], np.int64)),
+                                   g.const("axis", np.array([2], np.int64))], f"{layer.name}_crop")
         else:
             # Keras (k, in, out) -> ONNX Conv (out, in, k).
             w = kernel.transpose(2, 1, 0) * scale[:, None, None]

@@ -21,18 +21,38 @@ import numpy as np
 class Runner:
     """Calls a backend on preallocated input/output arrays, one pair per batch size.
 
-    For onnxruntime on CPU it binds the arrays once with IOBinding, so a call allocates nothing
-    and copies nothing beyond the model's own work.
+    - onnxruntime on CPU: the arrays are bound once with IOBinding, so a call allocates nothing
+      and copies nothing beyond the model's own work.
+    - onnxruntime on CUDA (or `device` given): x and y also live in the device's memory, bound
+      once; a call copies x in and y out. A runner of at most GRAPH_MAX_SHAPES batch sizes
+      (live) replays CUDA graphs, as StatefulRunner does (see there).
     """
 
-    def __init__(self, model, batches: list[int]):
+    def __init__(self, model, batches: list[int], device: str | None = None, graphs=None):
         info = model.info
-        self.model = model
+        self.model, self.info = model, info
         self.x = {b: np.zeros((b, info.context, 1), np.float32) for b in batches}
         self.y = {b: np.zeros((b, info.frame, 1), np.float32) for b in batches}
-        self._bindings = {}
+        self._bindings, self._dev_x, self._dev_y, self._options = {}, {}, {}, {}
+        self.graph_ids: dict[int, int] = {}  # batch -> gpu_graph_id
         session = getattr(model, "session", None)
-        if session is not None and model.provider == "CPUExecutionProvider":
+        on_cuda = session is not None and model.provider == "CUDAExecutionProvider"
+        self.device = (device or ("cuda" if on_cuda else None)) if session is not None else None
+        self._session = session
+        if self.device:
+            graphs = _graph_session(model, on_cuda, len(batches), graphs)
+            if graphs is not None:
+                try:
+                    self._bind_device(batches, graphs, graphed=True)
+                    _capture(graphs, [(self._bindings[b], self._options[b]) for b in batches])
+                    self._session = graphs
+                    return
+                except Exception as e:  # onnxruntime's own types: run without graphs instead
+                    _capture_failed(e)
+                    for d in (self._bindings, self._dev_x, self._dev_y, self._options, self.graph_ids):
+                        d.clear()
+            self._bind_device(batches, session, graphed=False)
+        elif session is not None and model.provider == "CPUExecutionProvider":
             import onnxruntime as ort
 
             for b in batches:
@@ -41,24 +61,79 @@ class Runner:
                 binding.bind_ortvalue_output(info.output_name, ort.OrtValue.ortvalue_from_numpy(self.y[b]))
                 self._bindings[b] = binding
 
+    def _bind_device(self, batches: list[int], session, graphed: bool) -> None:
+        for b in batches:
+            binding = session.io_binding()
+            self._dev_x[b], self._dev_y[b] = _on_device(self.x[b], self.device), _on_device(self.y[b], self.device)
+            binding.bind_ortvalue_input(self.info.input_name, self._dev_x[b])
+            binding.bind_ortvalue_output(self.info.output_name, self._dev_y[b])
+            self._bindings[b] = binding
+            self._options[b] = _run_options(self.model, graphed, True, self.graph_ids, b)
+
     def __call__(self, batch: int) -> np.ndarray:
         """Run on self.x[batch] (filled by the caller); returns self.y[batch]."""
         binding = self._bindings.get(batch)
-        if binding is not None:
-            self.model.session.run_with_iobinding(binding)
+        if binding is not None and self.device:
+            self._dev_x[batch].update_inplace(self.x[batch])
+            self._session.run_with_iobinding(binding, self._options[batch])
+            self.y[batch][...] = self._dev_y[batch].numpy()
+        elif binding is not None:
+            self._session.run_with_iobinding(binding)
         else:
             self.y[batch][...] = self.model.run(self.x[batch])
         return self.y[batch]
 
 
+# A runner of at most this many call shapes (live blocks of up to 1024 samples: 1-17 hops or frames)
+# replays captured CUDA graphs, all captured in its constructor; one with more (file mode) does not.
+GRAPH_MAX_SHAPES = 17
+
+
+def _on_device(a: np.ndarray, device: str):
+    """An OrtValue in `device`'s own memory (never a view of `a`), filled from `a`."""
+    import onnxruntime as ort
+
+    v = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, device, 0)
+    v.update_inplace(a)
+    return v
+
+
+def _graph_session(model, on_cuda: bool, shapes: int, graphs):
+    """The session to capture CUDA graphs on (`graphs` if given), or None."""
+    if graphs is None and on_cuda and 0 < shapes <= GRAPH_MAX_SHAPES:
+        graphs = model.graph_session()
+    return graphs
+
+
+def _run_options(model, graphed: bool, captured: bool, ids: dict, key):
+    """RunOptions of one binding: on a graph session every run names its own graph (an id no
+    other binding of this model has, recorded in ids[key]) or -1 (not captured)."""
+    import onnxruntime as ort
+
+    ro = ort.RunOptions()
+    if graphed:
+        ids[key] = model.new_graph_id() if captured else -1  # ids 1, 2, ...: 0 is onnxruntime's
+        ro.add_run_config_entry("gpu_graph_id", str(ids[key]))
+    return ro
+
+
+def _capture(session, calls: list) -> None:
+    """Run each (binding, RunOptions) until onnxruntime has captured its graph."""
+    for binding, options in calls:
+        for _ in range(3):  # onnxruntime runs a graph id plainly before capturing it
+            session.run_with_iobinding(binding, options)
+
+
+def _capture_failed(e: Exception) -> None:
+    from .errors import cause_of
+
+    print(f"unetsep: CUDA graph capture failed ({cause_of(e, 160)}); running without graphs",
+          file=sys.stderr)
+
+
 # Calls prepared up front: every hop count a block of up to this many samples can make ready
 # (live blocks); longer file-mode calls prepare theirs on first use.
 EAGER_BLOCK = 4096
-
-
-# A runner whose calls bring at most this many hops (live blocks) replays captured CUDA graphs,
-# all captured in its constructor; one with longer calls (file mode) runs uncaptured.
-GRAPH_MAX_HOPS = 8
 
 
 class StatefulRunner:
@@ -71,7 +146,7 @@ class StatefulRunner:
     - onnxruntime on CUDA (or `device` given): the sets, x and y live on the device, bound once;
       a call copies x in and y out (one small array per call), the state never leaves the
       device. Where onnxruntime can capture the model as CUDA graphs (OrtModel.graph_session)
-      and no call brings more than GRAPH_MAX_HOPS hops (live), every (hop count, parity) gets
+      and it has at most GRAPH_MAX_SHAPES hop counts (live), every (hop count, parity) gets
       its own graph, captured here, up front, on silence: a graph replays fixed addresses, and
       capturing inside an audio callback would stall it. Should capture fail, the runner says so
       on stderr and runs without graphs.
@@ -101,43 +176,25 @@ class StatefulRunner:
         if self._into is not None:
             model.prepare(channels)
         if self.device:
-            import onnxruntime as ort
-
-            def dev(a: np.ndarray):  # memory of the device's own, filled from `a`
-                v = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, self.device, 0)
-                v.update_inplace(a)
-                return v
-            self._dev = dev
-            self._dev_sets = [{k: dev(a) for k, a in states.items()} for states in self.sets]
+            self._dev_sets = [{k: _on_device(a, self.device) for k, a in states.items()} for states in self.sets]
             self._dev_x, self._dev_y, self._run_options = {}, {}, {}
-            if graphs is None and on_cuda and 0 < max(hops, default=0) <= GRAPH_MAX_HOPS:
-                graphs = model.graph_session()
+            graphs = _graph_session(model, on_cuda, len(hops), graphs)
             if graphs is not None:
                 self._session, self.graph_hops = graphs, max(hops)
                 try:
-                    self._capture(hops)
+                    for t in hops:
+                        self.prepare(t)
+                    _capture(graphs, [(self._bindings[k], self._run_options[k]) for k in self._bindings])
+                    self.reset()  # the capture ran on silence; start from silence
                     return
                 except Exception as e:  # onnxruntime's own types: run without graphs instead
-                    from .errors import cause_of
-
-                    print(f"unetsep: CUDA graph capture failed ({cause_of(e, 160)}); running "
-                          f"without graphs", file=sys.stderr)
+                    _capture_failed(e)
                     self._session, self.graph_hops = session, 0
                     for d in (self.x, self.y, self._bindings, self._dev_x, self._dev_y,
                               self._run_options, self.graph_ids):
                         d.clear()
         for t in hops:
             self.prepare(t)
-
-    def _capture(self, hops: list[int]) -> None:
-        """Prepare every hop count and capture its two graphs on silence, then back to silence."""
-        for t in hops:
-            self.prepare(t)
-        for t in hops:
-            for parity in (0, 1):
-                for _ in range(3):  # onnxruntime runs a graph id plainly before capturing it
-                    self._session.run_with_iobinding(self._bindings[t, parity], self._run_options[t, parity])
-        self.reset()
 
     def prepare(self, hops: int) -> None:
         """Allocate (and bind) the arrays of a call of `hops` hops."""
@@ -151,7 +208,8 @@ class StatefulRunner:
         import onnxruntime as ort
 
         if self.device:
-            x, y = self._dev_x[hops], self._dev_y[hops] = self._dev(self.x[hops]), self._dev(self.y[hops])
+            x = self._dev_x[hops] = _on_device(self.x[hops], self.device)
+            y = self._dev_y[hops] = _on_device(self.y[hops], self.device)
             sets = self._dev_sets
         else:
             x, y = ort.OrtValue.ortvalue_from_numpy(self.x[hops]), ort.OrtValue.ortvalue_from_numpy(self.y[hops])
@@ -165,13 +223,9 @@ class StatefulRunner:
                 b.bind_ortvalue_input(s.input, src[s.input])
                 b.bind_ortvalue_output(s.output, dst[s.input])
             self._bindings[hops, parity] = b
-            if self.device:
-                ro = ort.RunOptions()
-                if self.graph_hops:  # on the graph session every run names its graph, or -1
-                    gid = self.model.new_graph_id() if hops <= self.graph_hops else -1
-                    self.graph_ids[hops, parity] = gid
-                    ro.add_run_config_entry("gpu_graph_id", str(gid))
-                self._run_options[hops, parity] = ro
+            if self.device:  # a file-mode call longer than the captured ones: not captured
+                self._run_options[hops, parity] = _run_options(
+                    self.model, self.graph_hops > 0, hops <= self.graph_hops, self.graph_ids, (hops, parity))
 
     def reset(self) -> None:
         """Back to silence before the start: zero state."""

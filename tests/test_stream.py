@@ -259,6 +259,40 @@ def test_failed_graph_capture_runs_without_graphs(stream_model, capsys):
         assert np.abs(host(1) - r(1)).max() <= 1e-6
 
 
+def test_frame_runner_device_path_and_graph_ids(capsys):
+    """The version-1 runner's CUDA path (x and y in the device's own memory, graph ids from the
+    model), on onnxruntime's CPU device: the same frames as the host binding, ids never shared
+    between runners, and a failing capture falls back with one line."""
+    from unetsep.runtime.backends import load_model, shipped_model
+    from unetsep.runtime.stream import Runner
+
+    seed = load_model(shipped_model("seed"))
+    rng = np.random.default_rng(3)
+    host = Runner(seed, [2, 4])
+    a = Runner(seed, [2, 4], device="cpu", graphs=seed.session)
+    b = Runner(seed, [2, 4], device="cpu", graphs=seed.session)
+    ids = [*a.graph_ids.values(), *b.graph_ids.values()]
+    assert len(ids) == 4 and min(ids) >= 1 and len(set(ids)) == 4
+
+    class Refusing:  # the real session, except that every IOBinding run fails
+        def io_binding(self):
+            return seed.session.io_binding()
+
+        def run_with_iobinding(self, binding, options=None):
+            raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
+
+    c = Runner(seed, [2, 4], device="cpu", graphs=Refusing())
+    assert c.graph_ids == {} and "CUDA graph capture failed (CUDA failure 700" in capsys.readouterr().err
+    for batch in (2, 4, 2):
+        x = (rng.standard_normal((batch, FRAME, 1)) * 0.2).astype(np.float32)
+        host.x[batch][...] = x
+        want = host(batch).copy()
+        assert np.abs(want).max() > 0
+        for r in (a, b, c):
+            r.x[batch][...] = x
+            assert np.abs(r(batch) - want).max() <= 1e-6
+
+
 def test_reset_and_initial_state(stream_model):
     from unetsep.runtime.stream import StatefulRunner
 
