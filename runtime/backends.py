@@ -93,9 +93,10 @@ class OrtModel:
     def graph_session(self):
         """A second session of the same file on CUDA that may capture CUDA graphs (onnxruntime's
         enable_cuda_graph), for IOBinding runs at fixed device addresses; None where the session
-        is not on CUDA or onnxruntime refuses (a model with nodes its CUDA provider lacks, such as
-        the seed's 1-D ConvTranspose). Runs on it pick a `gpu_graph_id` run option: one id per set
-        of bound addresses, or -1 for a run not to capture."""
+        is not on CUDA or onnxruntime refuses (a model with nodes its CUDA provider leaves on the
+        CPU, such as a ConvTranspose with asymmetric pads, which export/lean.py no longer writes;
+        the cause is kept in `graph_refused`). Runs on it pick a `gpu_graph_id` run option: one
+        id per set of bound addresses (new_graph_id), or -1 for a run not to capture."""
         if self.provider != "CUDAExecutionProvider":
             return None
         if self._graph_session is None:

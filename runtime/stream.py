@@ -24,11 +24,12 @@ class Runner:
     - onnxruntime on CPU: the arrays are bound once with IOBinding, so a call allocates nothing
       and copies nothing beyond the model's own work.
     - onnxruntime on CUDA (or `device` given): x and y also live in the device's memory, bound
-      once; a call copies x in and y out. A runner of at most GRAPH_MAX_SHAPES batch sizes
-      (live) replays CUDA graphs, as StatefulRunner does (see there).
+      once; a call copies x in and y out. The batch sizes in `capture` replay CUDA graphs, as
+      in StatefulRunner (see there).
     """
 
-    def __init__(self, model, batches: list[int], device: str | None = None, graphs=None):
+    def __init__(self, model, batches: list[int], device: str | None = None, graphs=None,
+                 capture: list[int] | None = None):
         info = model.info
         self.model, self.info = model, info
         self.x = {b: np.zeros((b, info.context, 1), np.float32) for b in batches}
@@ -40,18 +41,19 @@ class Runner:
         self.device = (device or ("cuda" if on_cuda else None)) if session is not None else None
         self._session = session
         if self.device:
-            graphs = _graph_session(model, on_cuda, len(batches), graphs)
+            capture = _capture_list(batches, capture)
+            graphs = _graph_session(model, on_cuda, capture, graphs)
             if graphs is not None:
                 try:
-                    self._bind_device(batches, graphs, graphed=True)
-                    _capture(graphs, [(self._bindings[b], self._options[b]) for b in batches])
+                    self._bind_device(batches, graphs, graphed=True, capture=capture)
+                    _capture(graphs, [(self._bindings[b], self._options[b]) for b in capture])
                     self._session = graphs
                     return
                 except Exception as e:  # onnxruntime's own types: run without graphs instead
                     _capture_failed(e)
                     for d in (self._bindings, self._dev_x, self._dev_y, self._options, self.graph_ids):
                         d.clear()
-            self._bind_device(batches, session, graphed=False)
+            self._bind_device(batches, session, graphed=False, capture=[])
         elif session is not None and model.provider == "CPUExecutionProvider":
             import onnxruntime as ort
 
@@ -61,14 +63,14 @@ class Runner:
                 binding.bind_ortvalue_output(info.output_name, ort.OrtValue.ortvalue_from_numpy(self.y[b]))
                 self._bindings[b] = binding
 
-    def _bind_device(self, batches: list[int], session, graphed: bool) -> None:
+    def _bind_device(self, batches: list[int], session, graphed: bool, capture: list[int]) -> None:
         for b in batches:
             binding = session.io_binding()
             self._dev_x[b], self._dev_y[b] = _on_device(self.x[b], self.device), _on_device(self.y[b], self.device)
             binding.bind_ortvalue_input(self.info.input_name, self._dev_x[b])
             binding.bind_ortvalue_output(self.info.output_name, self._dev_y[b])
             self._bindings[b] = binding
-            self._options[b] = _run_options(self.model, graphed, True, self.graph_ids, b)
+            self._options[b] = _run_options(self.model, graphed, b in capture, self.graph_ids, b)
 
     def __call__(self, batch: int) -> np.ndarray:
         """Run on self.x[batch] (filled by the caller); returns self.y[batch]."""
@@ -84,9 +86,10 @@ class Runner:
         return self.y[batch]
 
 
-# A runner of at most this many call shapes (live blocks of up to 1024 samples: 1-17 hops or frames)
-# replays captured CUDA graphs, all captured in its constructor; one with more (file mode) does not.
-GRAPH_MAX_SHAPES = 17
+# A runner told nothing of its calls captures CUDA graphs for all its call shapes (hop counts or
+# batch sizes) if it has at most this many (bench's and the soak's runners have one); StreamEngine
+# names the one or two shapes its blocks bring (live_shapes).
+GRAPH_MAX_SHAPES = 4
 
 
 def _on_device(a: np.ndarray, device: str):
@@ -98,9 +101,26 @@ def _on_device(a: np.ndarray, device: str):
     return v
 
 
-def _graph_session(model, on_cuda: bool, shapes: int, graphs):
+def live_shapes(max_block: int, frame: int) -> list[int]:
+    """The frame (hop) counts that blocks of `max_block` samples make ready, call after call:
+    a block plus a partial frame left over holds max_block // frame or one more whole frames.
+    None beyond EAGER_BLOCK: a file-mode engine, whose long calls a graph would not help."""
+    if max_block > EAGER_BLOCK:
+        return []
+    return sorted({max_block // frame, -(-max_block // frame)} - {0})
+
+
+def _capture_list(shapes: list[int], capture: list[int] | None) -> list[int]:
+    if capture is None:  # told nothing: all, if few
+        return list(shapes) if len(shapes) <= GRAPH_MAX_SHAPES else []
+    return [c for c in capture if c in shapes]
+
+
+def _graph_session(model, on_cuda: bool, capture: list[int], graphs):
     """The session to capture CUDA graphs on (`graphs` if given), or None."""
-    if graphs is None and on_cuda and 0 < shapes <= GRAPH_MAX_SHAPES:
+    if not capture:
+        return None
+    if graphs is None and on_cuda:
         graphs = model.graph_session()
     return graphs
 
@@ -145,11 +165,12 @@ class StatefulRunner:
       is allocated or copied per call beyond the model's own work.
     - onnxruntime on CUDA (or `device` given): the sets, x and y live on the device, bound once;
       a call copies x in and y out (one small array per call), the state never leaves the
-      device. Where onnxruntime can capture the model as CUDA graphs (OrtModel.graph_session)
-      and it has at most GRAPH_MAX_SHAPES hop counts (live), every (hop count, parity) gets
-      its own graph, captured here, up front, on silence: a graph replays fixed addresses, and
-      capturing inside an audio callback would stall it. Should capture fail, the runner says so
-      on stderr and runs without graphs.
+      device. Where onnxruntime can capture the model as CUDA graphs (OrtModel.graph_session),
+      every (hop count in `capture`, parity) gets its own graph, captured here, up front, on
+      silence: a graph replays fixed addresses, and capturing inside an audio callback would
+      stall it. Other hop counts run uncaptured. `capture` defaults to all of `hops` if they are
+      at most GRAPH_MAX_SHAPES; StreamEngine names those its blocks bring (live_shapes). Should
+      capture fail, the runner says so on stderr and runs without graphs, from silence.
     - LiteRT (`run_stateful_into`) copies x and the current set into its interpreter's buffers
       and its outputs into y and the other set: no data array is allocated per call (its
       interpreter for this batch is made here, up front), though LiteRT's Python API makes a
@@ -158,7 +179,8 @@ class StatefulRunner:
     `graphs` (tests): the session to capture on, instead of the model's own graph_session().
     """
 
-    def __init__(self, model, channels: int, hops: list[int], device: str | None = None, graphs=None):
+    def __init__(self, model, channels: int, hops: list[int], device: str | None = None, graphs=None,
+                 capture: list[int] | None = None):
         info = model.info
         self.model, self.info, self.channels = model, info, channels
         self.sets = [{s.input: np.zeros((channels, *s.shape), np.float32) for s in info.states}
@@ -170,7 +192,7 @@ class StatefulRunner:
         self.device = (device or ("cuda" if on_cuda else None)) if session is not None else None
         self._bind = session is not None and (model.provider == "CPUExecutionProvider" or self.device)
         self._session = session
-        self.graph_hops = 0  # calls of up to this many hops replay CUDA graphs
+        self.captured: list[int] = []  # the hop counts whose calls replay CUDA graphs
         self.graph_ids: dict[tuple[int, int], int] = {}  # (hops, parity) -> gpu_graph_id, -1 = none
         self._into = getattr(model, "run_stateful_into", None)
         if self._into is not None:
@@ -178,21 +200,24 @@ class StatefulRunner:
         if self.device:
             self._dev_sets = [{k: _on_device(a, self.device) for k, a in states.items()} for states in self.sets]
             self._dev_x, self._dev_y, self._run_options = {}, {}, {}
-            graphs = _graph_session(model, on_cuda, len(hops), graphs)
+            capture = _capture_list(hops, capture)
+            graphs = _graph_session(model, on_cuda, capture, graphs)
             if graphs is not None:
-                self._session, self.graph_hops = graphs, max(hops)
+                self._session, self.captured = graphs, capture
                 try:
                     for t in hops:
                         self.prepare(t)
-                    _capture(graphs, [(self._bindings[k], self._run_options[k]) for k in self._bindings])
+                    _capture(graphs, [(self._bindings[t, parity], self._run_options[t, parity])
+                                      for t in capture for parity in (0, 1)])
                     self.reset()  # the capture ran on silence; start from silence
                     return
                 except Exception as e:  # onnxruntime's own types: run without graphs instead
                     _capture_failed(e)
-                    self._session, self.graph_hops = session, 0
+                    self._session, self.captured = session, []
                     for d in (self.x, self.y, self._bindings, self._dev_x, self._dev_y,
                               self._run_options, self.graph_ids):
                         d.clear()
+                    self.reset()  # the runs before the failure moved the state
         for t in hops:
             self.prepare(t)
 
@@ -223,9 +248,9 @@ class StatefulRunner:
                 b.bind_ortvalue_input(s.input, src[s.input])
                 b.bind_ortvalue_output(s.output, dst[s.input])
             self._bindings[hops, parity] = b
-            if self.device:  # a file-mode call longer than the captured ones: not captured
+            if self.device:  # on the graph session, a hop count not captured runs with id -1
                 self._run_options[hops, parity] = _run_options(
-                    self.model, self.graph_hops > 0, hops <= self.graph_hops, self.graph_ids, (hops, parity))
+                    self.model, bool(self.captured), hops in self.captured, self.graph_ids, (hops, parity))
 
     def reset(self) -> None:
         """Back to silence before the start: zero state."""
@@ -287,9 +312,11 @@ class StreamEngine:
         self.max_frames = -(-max_block // self.frame) + 1
         if info.streaming:
             eager = min(self.max_frames, -(-EAGER_BLOCK // self.frame) + 1)
-            self.runner = StatefulRunner(model, channels, list(range(1, eager + 1)))
+            self.runner = StatefulRunner(model, channels, list(range(1, eager + 1)),
+                                         capture=live_shapes(max_block, self.frame))
         else:
-            self.runner = Runner(model, [channels * k for k in range(1, self.max_frames + 1)])
+            self.runner = Runner(model, [channels * k for k in range(1, self.max_frames + 1)],
+                                 capture=[channels * k for k in live_shapes(max_block, self.frame)])
         # Input ring: `history` past samples, then up to max_frames frames of pending input.
         cap = self.history + (self.max_frames + 1) * self.frame
         self.inbuf = np.zeros((channels, cap), np.float32)

@@ -235,28 +235,55 @@ def test_graph_ids_never_shared(stream_model):
     assert np.abs(out["host"]).max() > 0 and np.abs(out["host"] - out["graphs"]).max() <= 1e-6
 
 
-def test_failed_graph_capture_runs_without_graphs(stream_model, capsys):
-    """A capture that fails (on a GPU: a CUDA error inside onnxruntime; here a session that
-    raises on every run) costs the graphs, not the stream: one line on stderr, then the plain
-    session on the same device-bound path, output unchanged."""
-    from unetsep.runtime.stream import StatefulRunner
+class FailingLater:
+    """A real session whose IOBinding runs fail after the first `ok` (on a GPU: a CUDA error
+    inside onnxruntime part way through the capture)."""
 
-    class Refusing:  # the real session, except that every IOBinding run fails
-        def io_binding(self):
-            return stream_model.session.io_binding()
+    def __init__(self, session, ok: int):
+        self.session, self.ok = session, ok
 
-        def run_with_iobinding(self, binding, options=None):
+    def io_binding(self):
+        return self.session.io_binding()
+
+    def run_with_iobinding(self, binding, options=None):
+        if self.ok <= 0:
             raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
+        self.ok -= 1
+        return self.session.run_with_iobinding(binding, options)
+
+
+def test_failed_graph_capture_runs_without_graphs(stream_model, capsys):
+    """A capture that fails part way costs the graphs, not the stream: one line on stderr, then
+    the plain session on the same device-bound path, from silence (the runs before the failure
+    moved the state), output unchanged."""
+    from unetsep.runtime.stream import StatefulRunner
 
     x = noise(0.02)
     host = StatefulRunner(stream_model, channels=2, hops=[1])
-    r = StatefulRunner(stream_model, channels=2, hops=[1], device="cpu", graphs=Refusing())
-    assert r.graph_hops == 0 and r.graph_ids == {}
+    r = StatefulRunner(stream_model, channels=2, hops=[1], device="cpu",
+                       graphs=FailingLater(stream_model.session, ok=4))
+    assert r.captured == [] and r.graph_ids == {} and r._session is stream_model.session
+    assert all(not v.any() for v in r.state.values())
     err = capsys.readouterr().err
     assert "CUDA graph capture failed (CUDA failure 700" in err and err.count("\n") == 1
     for i in range(0, len(x) - FRAME + 1, FRAME):
         host.x[1][:, :, 0] = r.x[1][:, :, 0] = x[i:i + FRAME].T
         assert np.abs(host(1) - r(1)).max() <= 1e-6
+
+
+def test_live_blocks_capture_only_the_shapes_they_bring(stream_model):
+    """A live engine's blocks of B samples make B // 64 or one more hops ready, call after call:
+    only those get graphs; file-mode engines (blocks over 4096 samples) none; a runner told to
+    capture some hop counts leaves the others uncaptured (-1)."""
+    from unetsep.runtime.stream import StatefulRunner, live_shapes
+
+    assert live_shapes(64, FRAME) == [1] and live_shapes(32, FRAME) == [1]
+    assert live_shapes(100, FRAME) == [1, 2] and live_shapes(4096, FRAME) == [64]
+    assert live_shapes(131072, FRAME) == []
+    r = StatefulRunner(stream_model, channels=1, hops=[1, 2, 3], device="cpu",
+                       graphs=stream_model.session, capture=[2])
+    assert r.captured == [2] and r.graph_ids[2, 0] >= 1 and r.graph_ids[2, 1] >= 1
+    assert r.graph_ids[1, 0] == r.graph_ids[1, 1] == r.graph_ids[3, 0] == -1
 
 
 def test_frame_runner_device_path_and_graph_ids(capsys):
@@ -274,15 +301,8 @@ def test_frame_runner_device_path_and_graph_ids(capsys):
     ids = [*a.graph_ids.values(), *b.graph_ids.values()]
     assert len(ids) == 4 and min(ids) >= 1 and len(set(ids)) == 4
 
-    class Refusing:  # the real session, except that every IOBinding run fails
-        def io_binding(self):
-            return seed.session.io_binding()
-
-        def run_with_iobinding(self, binding, options=None):
-            raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
-
-    c = Runner(seed, [2, 4], device="cpu", graphs=Refusing())
-    assert c.graph_ids == {} and "CUDA graph capture failed (CUDA failure 700" in capsys.readouterr().err
+    c = Runner(seed, [2, 4], device="cpu", graphs=FailingLater(seed.session, ok=2))
+    assert c.graph_ids == {} and c._session is seed.session and "CUDA graph capture failed (CUDA failure 700" in capsys.readouterr().err
     for batch in (2, 4, 2):
         x = (rng.standard_normal((batch, FRAME, 1)) * 0.2).astype(np.float32)
         host.x[batch][...] = x
