@@ -2,11 +2,12 @@
 
     python -m unetsep.benchmarks.cuda_latency [--model M.onnx ...] [--frames 5000] [--json out.json]
 
-Every tensor lives on the GPU and is bound once with IOBinding; each call copies one frame (or
-one hop) of audio host -> device, runs, and copies the estimate back (what live audio needs).
-A streaming (version 2) model's states stay on the GPU, ping-ponging between two bound sets.
-Every model is also timed with captured CUDA graphs (one per bound set: onnxruntime's
-`gpu_graph_id` 1 and 2, since a graph replays fixed addresses). Long file-mode calls
+Calls go through the runtime's own runners (runtime.stream's StatefulRunner / Runner), as live
+audio does: every tensor lives on the GPU, bound once with IOBinding; each call copies one frame
+(or hop) of audio host -> device, runs, and copies the estimate back. A streaming (version 2)
+model's states stay on the GPU, ping-ponging between two bound sets. Every model is also timed
+with captured CUDA graphs (one per binding, each with its own `gpu_graph_id`, since a graph
+replays fixed addresses). Long file-mode calls
 (T = 2048 hops, stereo) give the throughput. `--shape-changes` also times one CUDA session called
 on host arrays with a constant batch against batch 1 and 2 in turn, for each cuDNN convolution
 algorithm search. Needs onnxruntime-gpu and a CUDA device. Figures: benchmarks/cuda-h200.json
@@ -26,54 +27,36 @@ import numpy as np
 from ..runtime.separate import model_name
 
 
-def _session(path: Path, graph: bool = False):
-    import onnxruntime as ort
+def time_hops(model, channels: int, hops: int, calls: int, graph: bool = False,
+              device: str | None = None) -> dict:
+    """Per-call microseconds of `hops` hops (version 2) x `channels` streams, or of a batch of
+    `channels` frames (version 1), through the runtime's own runner (runtime.stream's
+    StatefulRunner / Runner: tensors on the device, bound once, a stream model's state
+    ping-ponging there; with `graph`, one captured CUDA graph per binding), copies of the audio
+    in and the estimate out included. `device` (tests): another onnxruntime device than CUDA."""
+    from ..runtime.stream import Runner, StatefulRunner
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 4  # a refused graph capture is reported in its row, not in red too
-    opts = {"enable_cuda_graph": "1"} if graph else {}
-    return ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", opts)])
-
-
-def time_hops(path: Path, info, channels: int, hops: int, calls: int, graph: bool = False) -> dict:
-    """Per-call microseconds of `hops` hops x `channels` streams, copies included."""
-    import onnxruntime as ort
-
-    sess = _session(path, graph)
-    width = info.context if not info.streaming else hops * info.frame
-    x_host = (np.random.default_rng(0).standard_normal((channels, width, 1)) * 0.1).astype(np.float32)
-    out_len = info.frame if not info.streaming else hops * info.frame
-    dev = lambda a: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)  # noqa: E731
-    x, y = dev(x_host), dev(np.zeros((channels, out_len, 1), np.float32))
-    sets = [{s.input: dev(np.zeros((channels, *s.shape), np.float32)) for s in info.states}
-            for _ in range(2)]
-    bindings, run_opts = [], []
-    for parity in (0, 1) if info.streaming else (0,):
-        b = sess.io_binding()
-        b.bind_ortvalue_input(info.input_name, x)
-        b.bind_ortvalue_output(info.output_name, y)
-        for s in info.states:
-            b.bind_ortvalue_input(s.input, sets[parity][s.input])
-            b.bind_ortvalue_output(s.output, sets[1 - parity][s.input])
-        bindings.append(b)
-        ro = ort.RunOptions()
-        if graph:  # one captured graph per binding: each replays its own fixed addresses
-            ro.add_run_config_entry("gpu_graph_id", str(parity + 1))  # 0 is onnxruntime's own
-        run_opts.append(ro)
+    info = model.info
+    capture = None if graph else []  # None: the runner captures its one call shape
+    if info.streaming:
+        runner, key = StatefulRunner(model, channels, [hops], device=device, capture=capture), hops
+    else:
+        runner, key = Runner(model, [channels], device=device, capture=capture), channels
+    if graph and not any(g > 0 for g in runner.graph_ids.values()):
+        raise RuntimeError(getattr(model, "graph_refused", None) or "CUDA graph capture failed")
+    runner.x[key][...] = np.random.default_rng(0).standard_normal(runner.x[key].shape) * 0.1
     times = np.empty(calls)
-    for i in range(calls + 50):  # 50 warm-up calls (graph capture included)
+    for i in range(calls + 50):  # 50 warm-up calls
         t = time.perf_counter()
-        x.update_inplace(x_host)
-        k = i % len(bindings)
-        sess.run_with_iobinding(bindings[k], run_opts[k])
-        y.numpy()  # device -> host: the estimate the callback would play
+        runner(key)
         if i >= 50:
             times[i - 50] = time.perf_counter() - t
     us = times * 1e6
-    return {"model": model_name(path, info.target), "channels": channels, "hops": hops, "cuda_graph": graph,
-            "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
+    seconds = (hops if info.streaming else 1) * info.frame / info.sample_rate
+    return {"model": model_name(model.path, info.target), "channels": channels, "hops": hops,
+            "cuda_graph": graph, "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
             "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
-            "seconds_per_second": float(hops * info.frame / info.sample_rate / (np.median(times)))}
+            "seconds_per_second": float(seconds / np.median(times))}
 
 
 def shape_changes(path: Path, info, calls: int = 200) -> list[dict]:
@@ -130,7 +113,7 @@ def gpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
-    from ..runtime.backends import OrtModel, default_model_path
+    from ..runtime.backends import OrtModel, cuda_fallback, default_model_path
     from ..runtime.files import write_text_atomic
 
     p = argparse.ArgumentParser(prog="python -m unetsep.benchmarks.cuda_latency",
@@ -148,13 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     paths = [Path(m) for m in (args.model or [default_model_path()])]
-    infos = [OrtModel(path).info for path in paths]
-    for path, info in zip(paths, infos):
+    models = [OrtModel(path, "cuda") for path in paths]
+    infos = [m.info for m in models]
+    for model, info in zip(models, infos):
+        if model.provider != "CUDAExecutionProvider":  # never time the CPU as CUDA
+            print(f"cuda_latency: error: the CUDA provider did not start for {model.path} "
+                  f"({cuda_fallback(model)})", file=sys.stderr)
+            return 2
         configs = [(1, 1, False), (2, 1, False), (1, 1, True), (2, 1, True)]
         configs += [(2, 2048, False)] if info.streaming else [(4096, 1, False)]
         for channels, hops, graph in configs:
+            path = model.path
             try:
-                r = time_hops(path, info, channels, hops, args.frames if hops == 1 else 50, graph)
+                r = time_hops(model, channels, hops, args.frames if hops == 1 and channels < 4096 else 50, graph)
             except Exception as e:  # a provider that cannot capture this graph: say so, go on
                 r = {"model": model_name(path, info.target), "channels": channels, "hops": hops, "cuda_graph": graph,
                      "error": str(e).splitlines()[0][:160]}

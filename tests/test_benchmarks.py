@@ -164,3 +164,19 @@ def test_results_render_what_cuda_latency_writes(tmp_path):
         text = "\n".join(cuda_section(str(path)))
         assert "| default/drums.onnx | DEFAULT | batch 1 only | 1000 | 1200 |" in text
         assert "| default/drums.onnx | 1 | 1 | False | 900 | 1000 | 1100 | 1200 | 1.5 |" in text
+
+
+def test_cuda_latency_times_the_runtime_runners_on_any_device():
+    """cuda_latency times the runtime's own runners; on onnxruntime's CPU device (no GPU here)
+    the same code gives a row for a stream model and for the seed, and asking for CUDA graphs
+    where none can be captured is an error for that row, not a row timed without them."""
+    from unetsep.benchmarks.cuda_latency import time_hops
+    from unetsep.runtime.backends import load_model, shipped_model
+
+    for name, channels in (("default", 2), ("seed", 2)):
+        model = load_model(shipped_model(name))
+        row = time_hops(model, channels, 1, 20, device="cpu")
+        assert row["model"] == name and row["p50_us"] > 0 and row["p999_us"] >= row["p50_us"]
+        assert row["seconds_per_second"] > 0
+        with pytest.raises(RuntimeError):
+            time_hops(model, channels, 1, 5, graph=True, device="cpu")
