@@ -141,11 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         configs = [(1, 1, False), (2, 1, False), (1, 1, True), (2, 1, True)]
         configs += [(2, 2048, False)] if info.streaming else [(4096, 1, False)]
         for channels, hops, graph in configs:
-            path = model.path
             try:
                 r = time_hops(model, channels, hops, args.frames if hops == 1 and channels < 4096 else 50, graph)
             except Exception as e:  # a provider that cannot capture this graph: say so, go on
-                r = {"model": model_name(path, info.target), "channels": channels, "hops": hops, "cuda_graph": graph,
+                r = {"model": model_name(model.path, info.target), "channels": channels, "hops": hops, "cuda_graph": graph,
                      "error": str(e).splitlines()[0][:160]}
             rows.append(r)
             print(json.dumps(r), flush=True)

@@ -76,9 +76,8 @@ class Runner:
         """Run on self.x[batch] (filled by the caller); returns self.y[batch]."""
         binding = self._bindings.get(batch)
         if binding is not None and self.device:
-            self._dev_x[batch].update_inplace(self.x[batch])
-            self._session.run_with_iobinding(binding, self._options[batch])
-            self.y[batch][...] = self._dev_y[batch].numpy()
+            _device_call(self._session, binding, self._options[batch], self.x[batch],
+                         self._dev_x[batch], self._dev_y[batch], self.y[batch])
         elif binding is not None:
             self._session.run_with_iobinding(binding)
         else:
@@ -135,6 +134,15 @@ def _run_options(model, graphed: bool, captured: bool, ids: dict, key):
         ids[key] = model.new_graph_id() if captured else -1  # ids 1, 2, ...: 0 is onnxruntime's
         ro.add_run_config_entry("gpu_graph_id", str(ids[key]))
     return ro
+
+
+def _device_call(session, binding, options, x: np.ndarray, dev_x, dev_y, y: np.ndarray) -> None:
+    """x -> device, one run, device -> y. onnxruntime's Python API reads a device value only
+    into a new array (`numpy()`): one small allocation per call, copied into y, which callers
+    hold on to."""
+    dev_x.update_inplace(x)
+    session.run_with_iobinding(binding, options)
+    y[...] = dev_y.numpy()
 
 
 def _capture(session, calls: list) -> None:
@@ -281,9 +289,8 @@ class StatefulRunner:
         """Run on self.x[hops] (filled by the caller); returns self.y[hops]."""
         binding = self._bindings.get((hops, self.parity))
         if binding is not None and self.device:
-            self._dev_x[hops].update_inplace(self.x[hops])
-            self._session.run_with_iobinding(binding, self._run_options[hops, self.parity])
-            self.y[hops][...] = self._dev_y[hops].numpy()
+            _device_call(self._session, binding, self._run_options[hops, self.parity], self.x[hops],
+                         self._dev_x[hops], self._dev_y[hops], self.y[hops])
         elif binding is not None:
             self._session.run_with_iobinding(binding)
         elif self._into is not None:
