@@ -8,7 +8,8 @@ audio does: every tensor lives on the GPU, bound once with IOBinding; each call 
 model's states stay on the GPU, ping-ponging between two bound sets. Every model is also timed
 with captured CUDA graphs (one per binding, each with its own `gpu_graph_id`, since a graph
 replays fixed addresses). Long file-mode calls
-(T = 2048 hops, stereo) give the throughput. `--shape-changes` also times one CUDA session called
+(2048 hops of each of 2 streams: T = 2048 for a stream model, a batch of 4096 frames for the seed)
+give the throughput. `--shape-changes` also times one CUDA session called
 on host arrays with a constant batch against batch 1 and 2 in turn, for each cuDNN convolution
 algorithm search. Needs onnxruntime-gpu and a CUDA device. Figures: benchmarks/cuda-h200.json
 (benchmarks/cuda-h100.json: before the runtime replayed graphs).
@@ -29,8 +30,8 @@ from ..runtime.separate import model_name
 
 def time_hops(model, channels: int, hops: int, calls: int, graph: bool = False,
               device: str | None = None) -> dict:
-    """Per-call microseconds of `hops` hops (version 2) x `channels` streams, or of a batch of
-    `channels` frames (version 1), through the runtime's own runner (runtime.stream's
+    """Per-call microseconds of `hops` hops of each of `channels` streams (version 2: T = `hops`;
+    version 1: one batch of channels x hops frames), and seconds of audio per second, through the runtime's own runner (runtime.stream's
     StatefulRunner / Runner: tensors on the device, bound once, a stream model's state
     ping-ponging there; with `graph`, one captured CUDA graph per binding), copies of the audio
     in and the estimate out included. `device` (tests): another onnxruntime device than CUDA."""
@@ -40,8 +41,9 @@ def time_hops(model, channels: int, hops: int, calls: int, graph: bool = False,
     capture = None if graph else []  # None: the runner captures its one call shape
     if info.streaming:
         runner, key = StatefulRunner(model, channels, [hops], device=device, capture=capture), hops
-    else:
-        runner, key = Runner(model, [channels], device=device, capture=capture), channels
+    else:  # a frame-by-frame model takes every hop of every stream as one batch
+        key = channels * hops
+        runner = Runner(model, [key], device=device, capture=capture)
     if graph and not any(g > 0 for g in runner.graph_ids.values()):
         raise RuntimeError(getattr(model, "graph_refused", None) or "CUDA graph capture failed")
     runner.x[key][...] = np.random.default_rng(0).standard_normal(runner.x[key].shape) * 0.1
@@ -52,7 +54,7 @@ def time_hops(model, channels: int, hops: int, calls: int, graph: bool = False,
         if i >= 50:
             times[i - 50] = time.perf_counter() - t
     us = times * 1e6
-    seconds = (hops if info.streaming else 1) * info.frame / info.sample_rate
+    seconds = hops * info.frame / info.sample_rate  # of audio per call, each stream counted once
     return {"model": model_name(model.path, info.target), "channels": channels, "hops": hops,
             "cuda_graph": graph, "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
             "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()),
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape-changes", action="store_true",
                    help="also time batch changes between calls on one session (see the docstring)")
     args = p.parse_args(argv)
+    # Errors only from onnxruntime's default logger: with --shape-changes its CUDA provider warns
+    # once per convolution and call that cuDNN runs it "in Fallback mode" (hundreds of lines,
+    # the cost shows in the table); failures still raise.
+    ort.set_default_logger_severity(3)
     print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}", flush=True)
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         print("cuda_latency: error: this onnxruntime has no CUDA provider; install onnxruntime-gpu "
@@ -139,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({cuda_fallback(model)})", file=sys.stderr)
             return 2
         configs = [(1, 1, False), (2, 1, False), (1, 1, True), (2, 1, True)]
-        configs += [(2, 2048, False)] if info.streaming else [(4096, 1, False)]
+        configs += [(2, 2048, False)]
         for channels, hops, graph in configs:
             try:
-                r = time_hops(model, channels, hops, args.frames if hops == 1 and channels < 4096 else 50, graph)
+                r = time_hops(model, channels, hops, args.frames if hops == 1 else 50, graph)
             except Exception as e:  # a provider that cannot capture this graph: say so, go on
                 r = {"model": model_name(model.path, info.target), "channels": channels, "hops": hops, "cuda_graph": graph,
                      "error": str(e).splitlines()[0][:160]}

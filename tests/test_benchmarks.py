@@ -175,8 +175,13 @@ def test_cuda_latency_times_the_runtime_runners_on_any_device():
 
     for name, channels in (("default", 2), ("seed", 2)):
         model = load_model(shipped_model(name))
-        row = time_hops(model, channels, 1, 20, device="cpu")
-        assert row["model"] == name and row["p50_us"] > 0 and row["p999_us"] >= row["p50_us"]
-        assert row["seconds_per_second"] > 0
+        for hops in (1, 8):  # the seed takes the 8 hops of both streams as one batch of 16 frames
+            row = time_hops(model, channels, hops, 20, device="cpu")
+            assert row["model"] == name and row["hops"] == hops and row["channels"] == channels
+            assert 0 < row["p50_us"] <= row["p999_us"]
+            # audio per second: hops x 64 samples of each stream per call (the seed's file-mode
+            # row once counted one frame per batch and read 1 s/s for 1,861)
+            assert row["seconds_per_second"] == pytest.approx(
+                hops * 64 / 44100 / (row["p50_us"] * 1e-6), rel=1e-6)
         with pytest.raises(RuntimeError):
             time_hops(model, channels, 1, 5, graph=True, device="cpu")
