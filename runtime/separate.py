@@ -1,4 +1,5 @@
-"""`unetsep separate`: files in, `<out>/<model>/<track>/{target}.wav` and `no_{target}.wav` out.
+"""`unetsep separate`: files in, `<out>/<model>/<track>/{target}.wav` and `no_{target}.wav` out
+(32-bit float WAV; or, as demucs offers, 16/24-bit WAV or FLAC: `OutputFormat`).
 
 Files stream from disk in blocks (memory stays flat for hour-long files), are resampled to the
 model's rate with soxr when needed, framed, and run through the model in large batches (file mode
@@ -8,6 +9,7 @@ whole track succeeded (runtime/files.replace_pair); a later run cleans what a ki
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,35 @@ from .errors import UserError, cause_of
 from .files import pair_temp, recover_pairs, replace_pair
 
 BLOCK_FRAMES = 2048  # frames per channel per read: 131072 samples, 3 s at 44.1 kHz
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How the stems are written: a soundfile container ("WAV" or "FLAC") and sample subtype
+    ("FLOAT", "PCM_16" or "PCM_24"). Integer samples cannot hold the estimate's peaks above full
+    scale (a loud input's residual can have them): libsndfile clips those; separate counts them."""
+    container: str = "WAV"
+    subtype: str = "FLOAT"
+
+    @property
+    def suffix(self) -> str:
+        return ".flac" if self.container == "FLAC" else ".wav"
+
+    @property
+    def clips(self) -> bool:
+        return self.subtype != "FLOAT"
+
+    def describe(self) -> str:
+        bits = {"FLOAT": "32-bit float", "PCM_16": "16-bit", "PCM_24": "24-bit"}[self.subtype]
+        return f"{bits} {self.container}"
+
+
+def output_format(flac: bool = False, bits: int | None = None) -> OutputFormat:
+    """demucs' choices: WAV as 32-bit float (the default: nothing clipped) or 16/24-bit PCM;
+    FLAC (lossless, no float) as 24-bit unless 16 is asked for."""
+    if flac:
+        return OutputFormat("FLAC", "PCM_16" if bits == 16 else "PCM_24")
+    return OutputFormat("WAV", {None: "FLOAT", 16: "PCM_16", 24: "PCM_24"}[bits])
 
 
 def separate_array(run, audio: np.ndarray, frame: int, context: int, batch: int = 4096,
@@ -159,14 +190,18 @@ class _Source:
 
 
 class _Sink:
-    """One output file; a failed write (a full disk, a vanished folder) becomes a UserError."""
+    """One output file; a failed write (a full disk, a vanished folder) becomes a UserError.
+    With `count_clips` (integer samples), values beyond full scale are counted in `clipped`:
+    libsndfile clips them to full scale without a word, and the user should hear of it."""
 
-    def __init__(self, sf_file, final: Path):
-        self.file, self.final = sf_file, final
+    def __init__(self, sf_file, final: Path, count_clips: bool = False):
+        self.file, self.final, self.count_clips, self.clipped = sf_file, final, count_clips, 0
 
     def write(self, x: np.ndarray) -> None:
         import soundfile as sf
 
+        if self.count_clips:
+            self.clipped += int(np.count_nonzero(np.abs(x) > 1.0))
         try:
             self.file.write(x)
         except (sf.LibsndfileError, RuntimeError, OSError, AssertionError) as e:
@@ -224,10 +259,11 @@ def track_folder(out_root: Path, model, name: str) -> Path:
 
 
 def separate_file(path: Path, model, out_root: Path, progress=None, name: str | None = None,
-                  say=None) -> Path:
-    """Separate one file with a loaded model into `<out_root>/<model name>/<name or stem>/`;
-    returns that folder. Problems with the file raise UserError (one line, the file named);
-    `say` gets warnings (a silent or cut-short input, temporaries of a killed run cleaned)."""
+                  say=None, fmt: OutputFormat = OutputFormat()) -> Path:
+    """Separate one file with a loaded model into `<out_root>/<model name>/<name or stem>/`, as
+    `fmt` says (default 32-bit float WAV); returns that folder. Problems with the file raise
+    UserError (one line, the file named); `say` gets warnings (a silent or cut-short input,
+    temporaries of a killed run cleaned, samples clipped by an integer format)."""
     import soundfile as sf
     # Imported before any temporary exists: a SIGTERM or Ctrl-C raised inside soxr's first
     # import (a nanobind module) aborts the process, which would leave its temporaries behind.
@@ -267,7 +303,7 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
             created = _make_dirs(track)
         except OSError as e:
             raise UserError(f"cannot create {track}: {e.strerror}; pass another -o folder") from None
-        names = (f"{info.target}.wav", f"no_{info.target}.wav")
+        names = (f"{info.target}{fmt.suffix}", f"no_{info.target}{fmt.suffix}")
         for note in recover_pairs(track, names):
             say(f"unetsep separate: {note}")
         finals = [track / n for n in names]
@@ -278,7 +314,8 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
             try:
                 for t, f in zip(tmps, finals):
                     writers.append(_Sink(sf.SoundFile(str(t), "w", samplerate=rate, channels=channels,
-                                                      subtype="FLOAT", format="WAV"), f))
+                                                      subtype=fmt.subtype, format=fmt.container),
+                                         f, count_clips=fmt.clips))
             except (sf.LibsndfileError, RuntimeError, OSError) as e:
                 raise UserError(f"cannot write to {track} ({_write_cause(e, track)}); pass another "
                                 f"-o folder") from None
@@ -309,6 +346,10 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
             f"header announces (cut short?); the stems are padded with silence to {total}")
     if source.peak == 0.0:
         say(f"unetsep separate: warning: {path} is silent (all samples are zero); wrote silent stems")
+    for w in writers:
+        if w.clipped:
+            say(f"unetsep separate: warning: {w.clipped} samples of {w.final} were beyond full scale "
+                f"and were clipped to it ({fmt.describe()}); the default 32-bit float WAV keeps them")
     return track
 
 

@@ -43,6 +43,37 @@ def test_separate_with_the_shipped_model(song, tmp_path):
     assert 0 < np.sqrt(np.mean(d ** 2)) < np.sqrt(np.mean(x ** 2))
 
 
+def test_separate_output_formats(song, tmp_path):
+    """--flac / --int16 / --int24 (demucs' choices) write what they say, with the float output's
+    samples to their precision; samples beyond full scale (a song 12 dB too hot, as float WAV) are
+    clipped to it, and counted in a warning; the default stays 32-bit float, unclipped."""
+    x, rate = sf.read(song, dtype="float32")
+    hot = tmp_path / "hot.wav"
+    sf.write(hot, x * 4, rate, subtype="FLOAT")
+    track = tmp_path / "{}" / "default" / "hot"
+    unetsep("separate", hot, "-o", tmp_path / "float")
+    ref = {n: sf.read(str(track).format("float") + f"/{n}.wav")[0] for n in ("drums", "no_drums")}
+    assert sf.info(str(track).format("float") + "/drums.wav").subtype == "FLOAT"
+    over = {n: int((np.abs(a) > 1).sum()) for n, a in ref.items()}
+    assert over["no_drums"] > 0  # the test needs samples beyond full scale
+    for args, suffix, fmt, subtype, step in ((["--flac"], "flac", "FLAC", "PCM_24", 2 ** -23),
+                                             (["--int16"], "wav", "WAV", "PCM_16", 2 ** -15),
+                                             (["--flac", "--int16"], "flac", "FLAC", "PCM_16", 2 ** -15)):
+        out = "-".join(a.strip("-") for a in args)
+        proc = unetsep("separate", hot, "-o", tmp_path / out, *args)
+        for n, a in ref.items():
+            f = str(track).format(out) + f"/{n}.{suffix}"
+            assert (sf.info(f).format, sf.info(f).subtype) == (fmt, subtype)
+            got, r = sf.read(f)
+            assert r == rate and got.shape == a.shape
+            assert np.abs(got - np.clip(a, -1, 1)).max() <= step  # clipped, never wrapped
+            if over[n]:
+                assert f"warning: {over[n]} samples of " in proc.stderr
+                assert f"{n}.{suffix} were beyond full scale" in proc.stderr
+    proc = unetsep("separate", hot, "--int16", "--int24", check=False)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+
+
 def test_demo(tmp_path):
     proc = unetsep("demo", "--seconds", 6, "-o", tmp_path)
     assert "drums SDR" in proc.stdout and "p50" in proc.stdout and "p99" in proc.stdout

@@ -198,9 +198,10 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from unetsep.runtime.backends import open_model
-    from unetsep.runtime.separate import separate_file
+    from unetsep.runtime.separate import output_format, separate_file
 
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    fmt = output_format(args.flac, args.bits)
     inputs, notes = track_names(args.files)
     model = open_model(args.model, args.provider, threads=args.threads, say=say)
     for note in notes:
@@ -215,7 +216,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
                   disable=None) as bar:
             try:
                 track = separate_file(path, model, Path(args.out), progress=bar.update, name=name,
-                                      say=say)
+                                      say=say, fmt=fmt)
             except UserError as e:
                 # One file's problem ends that file only: report it, go on with the others.
                 print(f"unetsep separate: error: {e}", file=sys.stderr)
@@ -569,7 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     s.add_argument("--provider", "-d", default="auto", help="auto (default), cpu or cuda")
     s.add_argument("--threads", type=thread_count, default=2, help="intra-op threads (default 2)")
-    s.set_defaults(func=cmd_separate)
+    s.add_argument("--flac", action="store_true", help="write FLAC (24-bit unless --int16)")
+    depth = s.add_mutually_exclusive_group()
+    depth.add_argument("--int16", dest="bits", action="store_const", const=16,
+                       help="16-bit samples (default: 32-bit float WAV, 24-bit FLAC)")
+    depth.add_argument("--int24", dest="bits", action="store_const", const=24, help="24-bit samples")
+    s.set_defaults(func=cmd_separate, bits=None)
 
     v = sub.add_parser("live", help="separate live: input device to output device")
     v.add_argument("-l", "--list-devices", action="store_true", help="list audio devices and exit")
