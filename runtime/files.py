@@ -11,11 +11,18 @@ from typing import Callable
 from .errors import UserError
 
 
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call write(tmp) on a temporary path beside `path` (same suffix, so writers that pick a
-    format from the extension still do), then rename it over `path`."""
+def atomic_temp(path: Path) -> Path:
+    """The temporary beside `path` that an atomic write of it fills before the rename (same
+    suffix, so writers that pick a format from the extension still do)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Call write(tmp) on a temporary path beside `path` (atomic_temp), then rename it over
+    `path`."""
+    path = Path(path)
+    tmp = atomic_temp(path)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -1,7 +1,8 @@
 """`unetsep live`: mic to speaker through the model, one block per audio callback.
 
 The callback follows python-sounddevice's wire.py: it copies into preallocated arrays, runs the
-model and counts; it never prints, blocks or raises. Everything else happens outside it. With
+model, counts, and (--record) copies the block it played into runtime.recorder's ring; it never
+prints, blocks or raises. Everything else happens outside it. With
 onnxruntime on the CPU the model call allocates nothing (IOBinding on the engine's preallocated
 buffers); LiteRT copies its output tensor and the CUDA provider moves each block to and from the
 GPU, so with those backends the model's own call does allocate.
@@ -52,6 +53,9 @@ class LiveReport:
     input_peak_dbfs: float = LEVEL_FLOOR_DB  # the loudest block of the run, in and out
     output_peak_dbfs: float = LEVEL_FLOOR_DB
     stopped_by: str = "seconds"  # or "ctrl-c", "sigterm"
+    recorded: str = ""  # --record's file, with the seconds it holds and the blocks it lost
+    recorded_seconds: float = 0.0
+    record_dropped_blocks: int = 0
 
 
 NO_DEVICE_HINT = ("connect a sound card, or start a JACK server (e.g. 'jackd -d dummy -r 44100 -p 64' "
@@ -91,7 +95,7 @@ def _device(value: str | None):
 
 
 class Live:
-    def __init__(self, model, channels: int, blocksize: int, mix: str):
+    def __init__(self, model, channels: int, blocksize: int, mix: str, recorder=None):
         if blocksize > MAX_BLOCKSIZE:
             raise UserError(f"--blocksize {blocksize} is longer than {MAX_BLOCKSIZE} samples, more than live "
                             f"use needs (the model's latency is {model.info.latency} samples); try "
@@ -124,6 +128,7 @@ class Live:
         # The first exception the model raised in the callback: the stream is aborted and
         # run_live reports it (sounddevice would only print it, and the run would look clean).
         self.error: BaseException | None = None
+        self.recorder = recorder  # runtime.recorder.Recorder: gets each block as played
 
     def callback(self, indata, outdata, frames, time_info, status) -> None:
         t0 = time.perf_counter()
@@ -151,6 +156,8 @@ class Live:
                     np.multiply(rest, BLEND_REST, out=outdata)
                     outdata += self.est
                 self.delay[:lat] = self.delay[frames:frames + lat]
+        if self.recorder is not None:
+            self.recorder.put(outdata)
         if n < len(self.times):
             self.flags[n] = bool(status)
             # max and -min: the peak without the temporary array np.abs would make
@@ -185,9 +192,15 @@ def status_line(live: Live, start: int, end: int, elapsed: float, period: float)
 
 def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = None,
              device_in: str | None = None, device_out: str | None = None,
-             seconds: float | None = None, status=None) -> LiveReport:
+             seconds: float | None = None, status=None, record: str | None = None) -> LiveReport:
     """Run until `seconds` have passed (or Ctrl-C). `status(line)`, when given, is called from
-    this (the main) thread once per second with a status_line; the callback never prints."""
+    this (the main) thread once per second with a status_line; the callback never prints.
+    `record`: a .wav or .flac file that receives what is played (runtime.recorder), complete up
+    to the stop, written only when the stream has run."""
+    if record:
+        from .recorder import record_format
+
+        record_format(record)  # a bad name is refused before anything starts
     live = Live(model, channels, blocksize, mix)  # bad arguments refused before PortAudio starts
     import sounddevice as sd
 
@@ -208,33 +221,53 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
                         f"and pick them with -i/-o") from None
     period = blocksize / rate
     stopped_by = "seconds"
+    recorder = None
+    if record:  # opened once the device is: a stream that cannot start leaves no file
+        from .recorder import Recorder
+
+        recorder = live.recorder = Recorder(record, rate, channels)
     started = time.perf_counter()
-    with stream:
-        try:
-            last = 0
-            while True:
-                elapsed = time.perf_counter() - started
-                left = None if seconds is None else seconds - elapsed
-                if left is not None and left <= 0:
-                    break
-                done.wait(1.0 if left is None else min(1.0, left))
-                if done.is_set():  # the stream ended: the callback aborted it, or the device went
-                    stopped_by = "stream"
-                    break
-                if status is not None:
-                    now = live.n
-                    status(status_line(live, last, now, time.perf_counter() - started, period))
-                    last = now
-        except KeyboardInterrupt as e:
-            stopped_by = "sigterm" if isinstance(e, Terminated) else "ctrl-c"
-        latency = stream.latency
+    try:
+        with stream:
+            try:
+                last = 0
+                while True:
+                    elapsed = time.perf_counter() - started
+                    left = None if seconds is None else seconds - elapsed
+                    if left is not None and left <= 0:
+                        break
+                    done.wait(1.0 if left is None else min(1.0, left))
+                    if recorder is not None:
+                        recorder.drain()
+                    if done.is_set():  # the stream ended: the callback aborted it, or the device went
+                        stopped_by = "stream"
+                        break
+                    if status is not None:
+                        now = live.n
+                        status(status_line(live, last, now, time.perf_counter() - started, period))
+                        last = now
+            except KeyboardInterrupt as e:
+                stopped_by = "sigterm" if isinstance(e, Terminated) else "ctrl-c"
+            latency = stream.latency
+    except BaseException:
+        if recorder is not None:
+            recorder.abort()
+        raise
+    kept = ""
+    if recorder is not None and recorder.head == 0:  # nothing was played: no empty file
+        recorder.abort()
+        recorder = None
+    elif recorder is not None:  # the stream is closed: nothing puts any more
+        recorder.finish()
+        kept = f" ({recorder.path} holds the {recorder.seconds:.1f} s played before)"
     if live.error is not None:
         cause = cause_of(live.error)
-        raise UserError(f"{model.path} failed in the audio callback after {live.n} blocks ({cause}); "
+        raise UserError(f"{model.path} failed in the audio callback after {live.n} blocks ({cause}){kept}; "
                         f"check it with 'unetsep bench --model {model.path}' or re-export it")
     if stopped_by == "stream":  # ended by PortAudio, not by us: a device removed, a JACK server stopped
         raise UserError(f"the audio stream stopped by itself after {live.n} blocks (a device removed or "
-                        f"the JACK server stopped?); check the devices with 'unetsep live -l' and start again")
+                        f"the JACK server stopped?){kept}; check the devices with 'unetsep live -l' and "
+                        f"start again")
     elapsed = time.perf_counter() - started
     n = min(live.n, len(live.times))
     times = live.times[:n] * 1e6
@@ -251,7 +284,9 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
         cpu_load=float(times.mean() / 1e6 / period) if n else 0.0,
         input_peak_dbfs=round(dbfs(float(live.peak_in[:n].max())), 1) if n else LEVEL_FLOOR_DB,
         output_peak_dbfs=round(dbfs(float(live.peak_out[:n].max())), 1) if n else LEVEL_FLOOR_DB,
-        stopped_by=stopped_by)
+        stopped_by=stopped_by, recorded=str(recorder.path) if recorder else "",
+        recorded_seconds=round(recorder.seconds, 3) if recorder else 0.0,
+        record_dropped_blocks=recorder.dropped if recorder else 0)
 
 
 def report_json(r: LiveReport) -> str:

@@ -42,6 +42,9 @@ class OutputFormat:
         return f"{bits} {self.container}"
 
 
+FLAC_MAX_CHANNELS, FLAC_MAX_RATE = 8, 655350  # the format's own limits (libsndfile refuses more)
+
+
 def output_format(flac: bool = False, bits: int | None = None) -> OutputFormat:
     """demucs' choices: WAV as 32-bit float (the default: nothing clipped) or 16/24-bit PCM;
     FLAC (lossless, no float) as 24-bit unless 16 is asked for."""
@@ -286,6 +289,9 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
         if src.frames == 0:
             raise UserError(f"{path} is empty (0 samples)")
         rate, channels, total = src.samplerate, src.channels, src.frames
+        if fmt.container == "FLAC" and (channels > FLAC_MAX_CHANNELS or rate > FLAC_MAX_RATE):
+            raise UserError(f"{path} has {channels} channels at {rate} Hz, more than FLAC holds "
+                            f"({FLAC_MAX_CHANNELS} channels, {FLAC_MAX_RATE} Hz); drop --flac")
         # A damaged header can claim 4 Hz (hours of resampled audio from a 0.2 s file) or
         # thousands of channels: refuse what no real recording is, instead of grinding on it.
         if not MIN_RATE <= rate <= MAX_RATE:
@@ -304,8 +310,9 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
         except OSError as e:
             raise UserError(f"cannot create {track}: {e.strerror}; pass another -o folder") from None
         names = (f"{info.target}{fmt.suffix}", f"no_{info.target}{fmt.suffix}")
-        for note in recover_pairs(track, names):
-            say(f"unetsep separate: {note}")
+        for suffix in (".wav", ".flac"):  # a killed run of either format left its own temporaries
+            for note in recover_pairs(track, (f"{info.target}{suffix}", f"no_{info.target}{suffix}")):
+                say(f"unetsep separate: {note}")
         finals = [track / n for n in names]
         tmps = [pair_temp(f) for f in finals]
         writers: list[_Sink] = []

@@ -198,10 +198,11 @@ def test_live_reports_a_model_that_fails_in_the_callback(jackd, shipped, tmp_pat
               "sys.exit(main(sys.argv[1:]))\n")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", script, "live", "--model", str(shipped), "--seconds", "20",
-                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, env=ENV,
-                          timeout=120)
+                           "--json", str(tmp_path / "r.json"), "--record", str(tmp_path / "rec.wav")],
+                          capture_output=True, text=True, env=ENV, timeout=120)
     one_line_error(proc.returncode, proc.stderr, "failed in the audio callback", "injected fault")
     assert not (tmp_path / "r.json").exists()
+    assert list(tmp_path.iterdir()) == []  # nothing was played: no recording, no temporary
     assert time.perf_counter() - t < 15  # stopped at the fault, not after its 20 s
 
 
@@ -270,15 +271,21 @@ def test_messages_name_the_real_problem(shipped, data, tmp_path, monkeypatch):
 
 
 def test_sigterm_stops_live_with_its_summary(jackd, shipped, tmp_path):
+    """SIGTERM ends live as Ctrl-C does: the summary, and --record's file complete up to the stop
+    (every block played, as 24-bit FLAC for a .flac name), no temporary left."""
     proc = subprocess.Popen([sys.executable, "-m", "unetsep.cli", "live", "--model", str(shipped),
-                             "--seconds", "60", "--json", str(tmp_path / "r.json")], env=ENV,
-                            stderr=subprocess.PIPE, text=True)
+                             "--seconds", "60", "--json", str(tmp_path / "r.json"), "--record",
+                             str(tmp_path / "rec.flac")], env=ENV, stderr=subprocess.PIPE, text=True)
     time.sleep(6)  # start-up, then a few seconds of audio
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["stopped_by"] == "sigterm" and report["callbacks"] > 0, report
+    info = sf.info(str(tmp_path / "rec.flac"))
+    assert (info.format, info.subtype, info.channels) == ("FLAC", "PCM_24", 2)
+    assert info.frames == report["callbacks"] * 64 and report["record_dropped_blocks"] == 0
+    assert "recorded" in err and sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "rec.flac"]
 
 
 def test_sigterm_to_data_and_its_workers_is_quiet(tmp_path):

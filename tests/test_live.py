@@ -35,7 +35,8 @@ def test_live_matches_separate(jackd, exported, song, tmp_path):
 
     live = subprocess.Popen([sys.executable, "-m", "unetsep.cli", "live", "--model",
                              str(exported / "drums.onnx"), "--seconds", "8", "--json",
-                             str(tmp_path / "r.json")], env=ENV, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "r.json"), "--record", str(tmp_path / "played.wav")],
+                            env=ENV, stderr=subprocess.PIPE, text=True)
     client = jack.Client("player", no_start_server=True)
     outs = [client.outports.register(f"out_{i}") for i in range(2)]
     ins = [client.inports.register(f"in_{i}") for i in range(2)]
@@ -89,6 +90,20 @@ def test_live_matches_separate(jackd, exported, song, tmp_path):
     # Blocks where an xrun dropped audio may differ; all others must match the offline result.
     blocks = np.abs(rec[best: best + n] - offline[:n]).reshape(-1, 64, 2).max(axis=(1, 2))
     assert np.mean(blocks <= 1e-5) >= 0.8, (best, np.mean(blocks <= 1e-5), report["xruns"])
+
+    # --record wrote every block it played: each (non-silent) period the JACK client received is,
+    # sample for sample, one of the recording's blocks. (Matched block by block: an xrun on this
+    # shared VM shifts the two streams against each other from there on.)
+    played, prate = sf.read(tmp_path / "played.wav", dtype="float32")
+    assert prate == rate and played.shape == (report["callbacks"] * 64, 2)
+    assert report["recorded"] == str(tmp_path / "played.wav") and report["record_dropped_blocks"] == 0
+    assert report["recorded_seconds"] == pytest.approx(len(played) / rate, abs=1e-3)
+    assert not list(tmp_path.glob(".played*"))  # no temporary left beside it
+    recorded = {played[i: i + 64].tobytes() for i in range(0, len(played), 64)}
+    heard = [rec[i: i + 64] for i in range(0, len(rec) - 63, 64) if np.abs(rec[i: i + 64]).max() > 0]
+    assert len(heard) > 2 * rate / 64
+    found = np.mean([b.tobytes() in recorded for b in heard])
+    assert found >= 0.9, (found, report["xruns"])
 
 
 def test_live_runs_a_streaming_model(jackd, stream_exported, tmp_path):

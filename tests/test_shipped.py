@@ -51,13 +51,15 @@ def test_separate_output_formats(song, tmp_path):
     hot = tmp_path / "hot.wav"
     sf.write(hot, x * 4, rate, subtype="FLOAT")
     track = tmp_path / "{}" / "default" / "hot"
-    unetsep("separate", hot, "-o", tmp_path / "float")
+    proc = unetsep("separate", hot, "-o", tmp_path / "float")
+    assert "beyond full scale" not in proc.stderr  # float keeps every sample
     ref = {n: sf.read(str(track).format("float") + f"/{n}.wav")[0] for n in ("drums", "no_drums")}
     assert sf.info(str(track).format("float") + "/drums.wav").subtype == "FLOAT"
     over = {n: int((np.abs(a) > 1).sum()) for n, a in ref.items()}
     assert over["no_drums"] > 0  # the test needs samples beyond full scale
     for args, suffix, fmt, subtype, step in ((["--flac"], "flac", "FLAC", "PCM_24", 2 ** -23),
                                              (["--int16"], "wav", "WAV", "PCM_16", 2 ** -15),
+                                             (["--int24"], "wav", "WAV", "PCM_24", 2 ** -23),
                                              (["--flac", "--int16"], "flac", "FLAC", "PCM_16", 2 ** -15)):
         out = "-".join(a.strip("-") for a in args)
         proc = unetsep("separate", hot, "-o", tmp_path / out, *args)
@@ -67,11 +69,14 @@ def test_separate_output_formats(song, tmp_path):
             got, r = sf.read(f)
             assert r == rate and got.shape == a.shape
             assert np.abs(got - np.clip(a, -1, 1)).max() <= step  # clipped, never wrapped
-            if over[n]:
-                assert f"warning: {over[n]} samples of " in proc.stderr
-                assert f"{n}.{suffix} were beyond full scale" in proc.stderr
+            said = f"{n}.{suffix} were beyond full scale" in proc.stderr
+            assert said == bool(over[n]) and (not said or f"warning: {over[n]} samples of " in proc.stderr)
     proc = unetsep("separate", hot, "--int16", "--int24", check=False)
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    many = tmp_path / "many.wav"  # FLAC holds at most 8 channels: refused before any work
+    sf.write(many, np.zeros((4410, 9), np.float32), rate)
+    proc = unetsep("separate", many, "--flac", "-o", tmp_path / "many", check=False)
+    assert proc.returncode == 2 and "drop --flac" in proc.stderr and not (tmp_path / "many").exists()
 
 
 def test_demo(tmp_path):

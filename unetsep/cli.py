@@ -240,10 +240,15 @@ def cmd_live(args: argparse.Namespace) -> int:
         return 0
     from unetsep.runtime.backends import live_model_path, open_model
 
-    if args.json:
-        from unetsep.runtime.files import check_writable
+    from unetsep.runtime.files import check_writable
 
+    if args.json:
         check_writable(args.json, "--json")
+    if args.record:
+        from unetsep.runtime.recorder import record_format
+
+        record_format(args.record)
+        check_writable(args.record, "--record")
     path = live_model_path(args.model, args.format, args.provider)
     model = open_model(path, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
     # The status line: once per second from the main thread, on a terminal only (a log or a pipe
@@ -260,7 +265,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     try:
         r = live.run_live(model, channels=args.channels, blocksize=args.blocksize or model.info.frame,
                           mix=args.mix, device_in=args.input, device_out=args.output, seconds=args.seconds,
-                          status=show if on_terminal else None)
+                          status=show if on_terminal else None, record=args.record)
     finally:
         if shown[0]:  # end the status line, before the summary or an error
             sys.stderr.write("\n")
@@ -278,6 +283,11 @@ def cmd_live(args: argparse.Namespace) -> int:
           f"{r.stream_latency_ms[0]:.2f}/{r.stream_latency_ms[1]:.2f} ms + model "
           f"{r.algorithmic_latency_ms:.2f} ms; peak level in {r.input_peak_dbfs:.1f} dBFS, out "
           f"{r.output_peak_dbfs:.1f} dBFS", file=sys.stderr)
+    if r.recorded:
+        lost = (f"; {r.record_dropped_blocks} blocks lost (the disk fell behind)"
+                if r.record_dropped_blocks else "")
+        print(f"live: recorded {r.recorded_seconds:.1f} s of what was played to {r.recorded}{lost}",
+              file=sys.stderr)
     if args.json:
         from unetsep.runtime.files import write_text_atomic
 
@@ -593,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which of a shipped model's files: auto (default: the LiteRT int8 file when "
                         "LiteRT is installed and it passed export's checks, on the CPU; else the "
                         f"float32 ONNX) or one of {', '.join(FORMATS)}")
+    v.add_argument("--record", metavar="FILE", help="also write what is played to FILE (.wav: 32-bit "
+                   "float, .flac: 24-bit), complete up to the stop (Ctrl-C included)")
     v.add_argument("--json", help="also write the summary as JSON here")
     v.add_argument("-q", "--quiet", action="store_true",
                    help="no status line and no summary (for scripts; errors still print; --json still written)")

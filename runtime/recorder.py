@@ -1,0 +1,111 @@
+"""`unetsep live --record FILE`: what the speaker plays, written to a file off the audio thread.
+
+The audio callback copies each output block into a preallocated ring (no allocation, no I/O, no
+lock: one int it advances after the copy); the main thread, which wakes about once a second,
+writes what is new to a temporary file beside FILE and renames it over FILE when the stream ends.
+So FILE appears only complete (up to the stop, Ctrl-C included), never half-written.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .files import atomic_temp
+
+# The main thread drains the ring about once a second; 8 s of room covers a stalled second or
+# two (a slow disk) before blocks are dropped, and costs 2.8 MB in stereo at 44.1 kHz.
+RING_SECONDS = 8.0
+# A recording's container and sample type by FILE's suffix: float WAV keeps every sample as the
+# model wrote it (no clipping); FLAC has no float samples, so 24-bit.
+FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
+
+
+def record_format(path: str | Path) -> tuple[str, str]:
+    """(soundfile format, subtype) for a --record path, or a UserError naming the choices."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"--record {path}: unknown file type {suffix or '(none)'!r}; end the name in "
+                        f"{' or '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+class Recorder:
+    """A ring of (samples, channels) float32 filled by `put` (audio thread) and written to a
+    temporary file by `drain` (main thread); `finish` renames it into place, `abort` removes it."""
+
+    def __init__(self, path: str | Path, rate: int, channels: int):
+        import soundfile as sf
+
+        self.path, self.rate = Path(path), rate
+        container, subtype = record_format(path)
+        self.ring = np.zeros((int(RING_SECONDS * rate), channels), np.float32)
+        self.head = 0  # samples put, ever (advanced by the audio thread after its copy)
+        self.tail = 0  # samples written to the file, ever (advanced by the main thread)
+        self.dropped = 0  # blocks put found no room for (the main thread fell behind)
+        self.tmp = atomic_temp(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=channels,
+                                     format=container, subtype=subtype)
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            self.tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write --record {self.path} ({e}); choose another path") from None
+
+    def put(self, block: np.ndarray) -> None:
+        """Audio thread: copy `block` (frames, channels) in, or count it dropped when full."""
+        n, frames = len(self.ring), len(block)
+        if self.head - self.tail + frames > n:
+            self.dropped += 1
+            return
+        i = self.head % n
+        first = min(frames, n - i)
+        self.ring[i:i + first] = block[:first]
+        if first < frames:  # the block wraps around the end of the ring
+            self.ring[:frames - first] = block[first:]
+        self.head += frames  # only after the copy: the main thread reads up to here
+
+    def drain(self) -> None:
+        """Main thread: write every sample put since the last drain."""
+        import soundfile as sf
+
+        n, head = len(self.ring), self.head
+        try:
+            while self.tail < head:
+                i = self.tail % n
+                j = min(n, i + head - self.tail)
+                self.file.write(self.ring[i:j])
+                self.tail += j - i
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise UserError(f"cannot write --record {self.path} ({e}); free some space or choose "
+                            f"another path") from None
+
+    @property
+    def seconds(self) -> float:
+        return self.tail / self.rate
+
+    def finish(self) -> None:
+        """Write the rest, close, and rename the temporary over the path."""
+        import soundfile as sf
+
+        try:
+            self.drain()
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            self.abort()
+            raise UserError(f"cannot write --record {self.path} ({e}); free some space or choose "
+                            f"another path") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Close and remove the temporary: nothing is left under any name."""
+        try:
+            self.file.close()
+        except Exception:  # a full disk can fail the close too; the temporary goes anyway
+            pass
+        self.tmp.unlink(missing_ok=True)
