@@ -16,6 +16,7 @@ CONTEXT = 64  # samples the model sees per frame (the seed sees exactly its fram
 TARGETS = ("drums", "bass", "other", "vocals")
 MIN_RATE, MAX_RATE = 4000, 768000  # Hz: the range of real recordings, for files and models alike
 MAX_CHANNELS = 64  # of a file or a live stream: more is a damaged header or a typo
+FLAC_MAX_CHANNELS, FLAC_MAX_RATE = 8, 655350  # the FLAC format's own limits (libsndfile refuses more)
 INPUT_NAME = "mix"
 OUTPUT_NAME = "stem"
 LAYOUT = "batch,samples,1"

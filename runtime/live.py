@@ -200,7 +200,7 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
     if record:
         from .recorder import record_format
 
-        record_format(record)  # a bad name is refused before anything starts
+        record_format(record, channels)  # a bad name is refused before anything starts
     live = Live(model, channels, blocksize, mix)  # bad arguments refused before PortAudio starts
     import sounddevice as sd
 
@@ -222,12 +222,13 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
     period = blocksize / rate
     stopped_by = "seconds"
     recorder = None
-    if record:  # opened once the device is: a stream that cannot start leaves no file
-        from .recorder import Recorder
-
-        recorder = live.recorder = Recorder(record, rate, channels)
-    started = time.perf_counter()
+    kept = ""
     try:
+        if record:  # opened once the device is: a stream that cannot open leaves no file
+            from .recorder import Recorder
+
+            recorder = live.recorder = Recorder(record, rate, channels)
+        started = time.perf_counter()
         with stream:
             try:
                 last = 0
@@ -249,17 +250,18 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
             except KeyboardInterrupt as e:
                 stopped_by = "sigterm" if isinstance(e, Terminated) else "ctrl-c"
             latency = stream.latency
-    except BaseException:
+        # The stream is closed: nothing puts any more. A run that played nothing leaves no file.
+        if recorder is not None and recorder.head == 0:
+            recorder.abort()
+            recorder = None
+        elif recorder is not None:
+            recorder.finish()
+            kept = f" ({recorder.path} holds the {recorder.seconds:.1f} s played before)"
+    except BaseException:  # a second Ctrl-C while finishing drops the take: no partial file
         if recorder is not None:
             recorder.abort()
+        stream.close()  # already closed unless the recorder could not be opened
         raise
-    kept = ""
-    if recorder is not None and recorder.head == 0:  # nothing was played: no empty file
-        recorder.abort()
-        recorder = None
-    elif recorder is not None:  # the stream is closed: nothing puts any more
-        recorder.finish()
-        kept = f" ({recorder.path} holds the {recorder.seconds:.1f} s played before)"
     if live.error is not None:
         cause = cause_of(live.error)
         raise UserError(f"{model.path} failed in the audio callback after {live.n} blocks ({cause}){kept}; "

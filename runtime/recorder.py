@@ -7,11 +7,15 @@ So FILE appears only complete (up to the stop, Ctrl-C included), never half-writ
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from .contract import FLAC_MAX_CHANNELS
 from .errors import UserError
 from .files import atomic_temp
 
@@ -23,25 +27,51 @@ RING_SECONDS = 8.0
 FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
 
 
-def record_format(path: str | Path) -> tuple[str, str]:
-    """(soundfile format, subtype) for a --record path, or a UserError naming the choices."""
+def record_format(path: str | Path, channels: int = 2) -> tuple[str, str]:
+    """(soundfile format, subtype) for a --record path of `channels` channels, or a UserError
+    naming the choices."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise UserError(f"--record {path}: unknown file type {suffix or '(none)'!r}; end the name in "
                         f"{' or '.join(FORMATS)}")
+    if suffix == ".flac" and channels > FLAC_MAX_CHANNELS:
+        raise UserError(f"--record {path}: FLAC holds at most {FLAC_MAX_CHANNELS} channels, not {channels}; "
+                        f"record to a .wav file")
     return FORMATS[suffix]
+
+
+@contextlib.contextmanager
+def _signals_after():
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them: a signal raised inside
+    soundfile's write, after its C call, would leave written samples uncounted (and written twice
+    by the next drain). Only the main thread can swap handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {s: signal.signal(s, lambda n, f: held.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if held:
+            os.kill(os.getpid(), held[0])  # its own handler runs now, with the count right
 
 
 class Recorder:
     """A ring of (samples, channels) float32 filled by `put` (audio thread) and written to a
     temporary file by `drain` (main thread); `finish` renames it into place, `abort` removes it."""
 
-    def __init__(self, path: str | Path, rate: int, channels: int):
+    def __init__(self, path: str | Path, rate: int, channels: int, seconds: float = RING_SECONDS):
         import soundfile as sf
 
         self.path, self.rate = Path(path), rate
-        container, subtype = record_format(path)
-        self.ring = np.zeros((int(RING_SECONDS * rate), channels), np.float32)
+        container, subtype = record_format(path, channels)
+        # (samples, channels); filled once here so that the audio thread never takes the page
+        # faults of a fresh allocation
+        self.ring = np.zeros((int(seconds * rate), channels), np.float32)
+        self.ring.fill(0.0)
         self.head = 0  # samples put, ever (advanced by the audio thread after its copy)
         self.tail = 0  # samples written to the file, ever (advanced by the main thread)
         self.dropped = 0  # blocks put found no room for (the main thread fell behind)
@@ -76,8 +106,9 @@ class Recorder:
             while self.tail < head:
                 i = self.tail % n
                 j = min(n, i + head - self.tail)
-                self.file.write(self.ring[i:j])
-                self.tail += j - i
+                with _signals_after():
+                    self.file.write(self.ring[i:j])
+                    self.tail += j - i
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise UserError(f"cannot write --record {self.path} ({e}); free some space or choose "
                             f"another path") from None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import MAX_CHANNELS, MAX_RATE, MIN_RATE
+from .contract import FLAC_MAX_CHANNELS, FLAC_MAX_RATE, MAX_CHANNELS, MAX_RATE, MIN_RATE
 from .errors import UserError, cause_of
 from .files import pair_temp, recover_pairs, replace_pair
 
@@ -40,9 +40,6 @@ class OutputFormat:
     def describe(self) -> str:
         bits = {"FLOAT": "32-bit float", "PCM_16": "16-bit", "PCM_24": "24-bit"}[self.subtype]
         return f"{bits} {self.container}"
-
-
-FLAC_MAX_CHANNELS, FLAC_MAX_RATE = 8, 655350  # the format's own limits (libsndfile refuses more)
 
 
 def output_format(flac: bool = False, bits: int | None = None) -> OutputFormat:

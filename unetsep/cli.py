@@ -247,7 +247,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.record:
         from unetsep.runtime.recorder import record_format
 
-        record_format(args.record)
+        record_format(args.record, args.channels)
         check_writable(args.record, "--record")
     path = live_model_path(args.model, args.format, args.provider)
     model = open_model(path, args.provider, threads=1, say=lambda m: print(m, file=sys.stderr))
