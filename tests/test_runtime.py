@@ -258,12 +258,18 @@ def test_recorder_holds_ctrl_c_until_its_write_is_counted():
 
     from unetsep.runtime.recorder import _signals_after
 
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with _signals_after():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # without the hold, KeyboardInterrupt would come here
-            done.append("counted")
-    assert done == ["counted"]
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    # Python's own Ctrl-C handler, as in a terminal (a runner started in the background, as CI's
+    # can be, inherits SIGINT ignored)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with _signals_after():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # without the hold, KeyboardInterrupt would come here
+                done.append("counted")
+        assert done == ["counted"]
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        signal.signal(signal.SIGINT, outer)
