@@ -31,10 +31,10 @@ from ..runtime.separate import model_name
 def time_hops(model, channels: int, hops: int, calls: int, graph: bool = False,
               device: str | None = None) -> dict:
     """Per-call microseconds of `hops` hops of each of `channels` streams (version 2: T = `hops`;
-    version 1: one batch of channels x hops frames), and seconds of audio per second, through the runtime's own runner (runtime.stream's
-    StatefulRunner / Runner: tensors on the device, bound once, a stream model's state
-    ping-ponging there; with `graph`, one captured CUDA graph per binding), copies of the audio
-    in and the estimate out included. `device` (tests): another onnxruntime device than CUDA."""
+    version 1: one batch of channels x hops frames), and seconds of audio per second, through the
+    runtime's own runner (runtime.stream's StatefulRunner / Runner: tensors on the device, bound
+    once, a stream model's state ping-ponging there; with `graph`, one captured CUDA graph per
+    binding), copies of the audio in and the estimate out included. `device` (tests): another onnxruntime device than CUDA."""
     from ..runtime.stream import Runner, StatefulRunner
 
     info = model.info

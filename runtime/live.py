@@ -95,7 +95,7 @@ def _device(value: str | None):
 
 
 class Live:
-    def __init__(self, model, channels: int, blocksize: int, mix: str, recorder=None):
+    def __init__(self, model, channels: int, blocksize: int, mix: str):
         if blocksize > MAX_BLOCKSIZE:
             raise UserError(f"--blocksize {blocksize} is longer than {MAX_BLOCKSIZE} samples, more than live "
                             f"use needs (the model's latency is {model.info.latency} samples); try "
@@ -128,7 +128,7 @@ class Live:
         # The first exception the model raised in the callback: the stream is aborted and
         # run_live reports it (sounddevice would only print it, and the run would look clean).
         self.error: BaseException | None = None
-        self.recorder = recorder  # runtime.recorder.Recorder: gets each block as played
+        self.recorder = None  # runtime.recorder.Recorder (--record): gets each block as played
 
     def callback(self, indata, outdata, frames, time_info, status) -> None:
         t0 = time.perf_counter()
@@ -200,7 +200,7 @@ def run_live(model, channels: int = 2, blocksize: int = 64, mix: str | None = No
     if record:
         from .recorder import record_format
 
-        record_format(record, channels)  # a bad name is refused before anything starts
+        record_format(record, channels, model.info.sample_rate)  # refused before anything starts
     live = Live(model, channels, blocksize, mix)  # bad arguments refused before PortAudio starts
     import sounddevice as sd
 

@@ -1,6 +1,6 @@
 """`unetsep live --record FILE`: what the speaker plays, written to a file off the audio thread.
 
-The audio callback copies each output block into a preallocated ring (no allocation, no I/O, no
+The audio callback copies each output block into a preallocated ring (no new buffer, no I/O, no
 lock: one int it advances after the copy); the main thread, which wakes about once a second,
 writes what is new to a temporary file beside FILE and renames it over FILE when the stream ends.
 So FILE appears only complete (up to the stop, Ctrl-C included), never half-written.
@@ -15,29 +15,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import FLAC_MAX_CHANNELS
+from .contract import SAMPLE_RATE
 from .errors import UserError
 from .files import atomic_temp
+from .separate import SUFFIXES, OutputFormat, output_format
 
 # The main thread drains the ring about once a second; 8 s of room covers a stalled second or
 # two (a slow disk) before blocks are dropped, and costs 2.8 MB in stereo at 44.1 kHz.
 RING_SECONDS = 8.0
-# A recording's container and sample type by FILE's suffix: float WAV keeps every sample as the
-# model wrote it (no clipping); FLAC has no float samples, so 24-bit.
-FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
 
 
-def record_format(path: str | Path, channels: int = 2) -> tuple[str, str]:
-    """(soundfile format, subtype) for a --record path of `channels` channels, or a UserError
-    naming the choices."""
+def record_format(path: str | Path, channels: int = 2, rate: int = SAMPLE_RATE) -> OutputFormat:
+    """The OutputFormat of a --record path (separate's: .wav as 32-bit float, keeping every sample
+    as played; .flac as 24-bit), or a UserError naming the choices or the format's limit."""
     suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
+    if suffix not in SUFFIXES:
         raise UserError(f"--record {path}: unknown file type {suffix or '(none)'!r}; end the name in "
-                        f"{' or '.join(FORMATS)}")
-    if suffix == ".flac" and channels > FLAC_MAX_CHANNELS:
-        raise UserError(f"--record {path}: FLAC holds at most {FLAC_MAX_CHANNELS} channels, not {channels}; "
-                        f"record to a .wav file")
-    return FORMATS[suffix]
+                        f"{' or '.join(SUFFIXES)}")
+    fmt = output_format(flac=suffix == ".flac")
+    if fmt.refusal(channels, rate):
+        raise UserError(f"--record {path}: {fmt.refusal(channels, rate)}; record to a .wav file")
+    return fmt
 
 
 @contextlib.contextmanager
@@ -67,7 +65,7 @@ class Recorder:
         import soundfile as sf
 
         self.path, self.rate = Path(path), rate
-        container, subtype = record_format(path, channels)
+        fmt = record_format(path, channels, rate)
         # (samples, channels); filled once here so that the audio thread never takes the page
         # faults of a fresh allocation
         self.ring = np.zeros((int(seconds * rate), channels), np.float32)
@@ -79,7 +77,7 @@ class Recorder:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=channels,
-                                     format=container, subtype=subtype)
+                                     format=fmt.container, subtype=fmt.subtype)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             self.tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write --record {self.path} ({e}); choose another path") from None

@@ -37,9 +37,19 @@ class OutputFormat:
     def clips(self) -> bool:
         return self.subtype != "FLOAT"
 
+    def refusal(self, channels: int, rate: int) -> str | None:
+        """Why this format cannot hold audio of `channels` at `rate` Hz, or None."""
+        if self.container == "FLAC" and (channels > FLAC_MAX_CHANNELS or rate > FLAC_MAX_RATE):
+            return (f"FLAC holds at most {FLAC_MAX_CHANNELS} channels at {FLAC_MAX_RATE} Hz, not "
+                    f"{channels} at {rate} Hz")
+        return None
+
     def describe(self) -> str:
         bits = {"FLOAT": "32-bit float", "PCM_16": "16-bit", "PCM_24": "24-bit"}[self.subtype]
         return f"{bits} {self.container}"
+
+
+SUFFIXES = (".wav", ".flac")  # of OutputFormat's two containers
 
 
 def output_format(flac: bool = False, bits: int | None = None) -> OutputFormat:
@@ -200,7 +210,8 @@ class _Sink:
     def write(self, x: np.ndarray) -> None:
         import soundfile as sf
 
-        if self.count_clips:
+        # max and min first: no temporary arrays for the blocks that do not clip
+        if self.count_clips and x.size and (x.max() > 1.0 or x.min() < -1.0):
             self.clipped += int(np.count_nonzero(np.abs(x) > 1.0))
         try:
             self.file.write(x)
@@ -286,9 +297,8 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
         if src.frames == 0:
             raise UserError(f"{path} is empty (0 samples)")
         rate, channels, total = src.samplerate, src.channels, src.frames
-        if fmt.container == "FLAC" and (channels > FLAC_MAX_CHANNELS or rate > FLAC_MAX_RATE):
-            raise UserError(f"{path} has {channels} channels at {rate} Hz, more than FLAC holds "
-                            f"({FLAC_MAX_CHANNELS} channels, {FLAC_MAX_RATE} Hz); drop --flac")
+        if fmt.refusal(channels, rate):
+            raise UserError(f"{path}: {fmt.refusal(channels, rate)}; drop --flac")
         # A damaged header can claim 4 Hz (hours of resampled audio from a 0.2 s file) or
         # thousands of channels: refuse what no real recording is, instead of grinding on it.
         if not MIN_RATE <= rate <= MAX_RATE:
@@ -307,7 +317,7 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
         except OSError as e:
             raise UserError(f"cannot create {track}: {e.strerror}; pass another -o folder") from None
         names = (f"{info.target}{fmt.suffix}", f"no_{info.target}{fmt.suffix}")
-        for suffix in (".wav", ".flac"):  # a killed run of either format left its own temporaries
+        for suffix in SUFFIXES:  # a killed run of either format left its own temporaries
             for note in recover_pairs(track, (f"{info.target}{suffix}", f"no_{info.target}{suffix}")):
                 say(f"unetsep separate: {note}")
         finals = [track / n for n in names]
