@@ -6,8 +6,9 @@
 Both models train on the same in-memory batches, interleaved (stock, fast, stock, fast, ...), and
 the script prints the median frames/s of each and the ratio. With --data, it also times the full
 `unetsep train` input pipeline (disk -> tf.data) feeding the fast model, which is what a run sees.
-For a streaming preset it times the preset's own model on in-memory segments and then fed from
-disk through the augmented segment pipeline; "frames" are 64-sample hops of one channel.
+For a streaming preset it times the preset's model with Keras' own GRU and with layers.GRU (the
+same weights), interleaved on in-memory segments, then the latter fed from disk through the
+augmented segment pipeline; "frames" are 64-sample hops of one channel.
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def main(argv=None) -> None:
 
 
 def stream_speed(args) -> None:
-    """Hops/s of a streaming preset: in-memory segments, then the real disk pipeline."""
+    """Hops/s of a streaming preset, its GRU stock vs fast (layers.GRU; the same weights),
+    interleaved on in-memory segments; then the fast model fed by the real disk pipeline."""
     import numpy as np
 
     from unetsep.train.model import build_unet, compile_unet, preset
@@ -87,19 +89,32 @@ def stream_speed(args) -> None:
     n = cfg.batch_size * args.steps
     x = (rng.standard_normal((n, cfg.segment, 1)) * 0.1).astype("float32")
     y = np.concatenate([x * 0.5, x], axis=-1)
-    model = compile_unet(build_unet(cfg), cfg)
+    models = {"stock": compile_unet(build_unet(cfg, stock_layers=True), cfg),
+              "fast": compile_unet(build_unet(cfg), cfg)}
+    models["fast"].set_weights(models["stock"].get_weights())
     hops = cfg.segment // cfg.frame
-    t = time.perf_counter()
-    model.fit(x[:cfg.batch_size], y[:cfg.batch_size], batch_size=cfg.batch_size, epochs=1, verbose=0)
-    print(f"warm-up: {time.perf_counter() - t:.1f} s")
-    rates = []
-    for r in range(args.rounds):
+    # Fed as a tf.data dataset, as `unetsep train` feeds it: from numpy arrays, fit() ran each call
+    # either on both cores or on one (3.2k or 5.2k frames/s here, at random per call).
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(cfg.batch_size).cache()
+    for name, m in models.items():  # warm-up: tracing and first allocation, reported apart
         t = time.perf_counter()
-        model.fit(x, y, batch_size=cfg.batch_size, epochs=1, verbose=0, shuffle=False)
-        rates.append(n * hops / (time.perf_counter() - t))
-        print(f"round {r + 1}: {rates[-1]:,.0f} frames/s (in memory)", flush=True)
-    print(f"{args.preset} in memory: median {statistics.median(rates):,.0f} frames/s, min {min(rates):,.0f}, "
-          f"max {max(rates):,.0f}")
+        m.fit(batches.take(1), epochs=1, verbose=0)
+        print(f"warm-up {name}: {time.perf_counter() - t:.1f} s")
+    rates = {name: [] for name in models}
+    for r in range(args.rounds):
+        for name, m in models.items():
+            t = time.perf_counter()
+            m.fit(batches, epochs=1, verbose=0)
+            rates[name].append(n * hops / (time.perf_counter() - t))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items())
+              + " frames/s (in memory)", flush=True)
+    for name, v in rates.items():
+        print(f"{args.preset} {name} GRU in memory: median {statistics.median(v):,.0f} frames/s, "
+              f"min {min(v):,.0f}, max {max(v):,.0f}")
+    print(f"fast / stock: {statistics.median(rates['fast']) / statistics.median(rates['stock']):.2f}x")
+    model = models["fast"]
     if args.data:
         from unetsep.train.dataset import open_db, segment_dataset
 

@@ -26,3 +26,44 @@ def test_fast_layer_equals_stock(length, cin, cout, kernel, stride, transpose):
     a, b = np.asarray(stock(x)), np.asarray(fast(x))
     assert a.shape == b.shape
     np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sequences", [True, False])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_fast_gru_equals_stock(sequences, with_state):
+    """Same weights, same outputs and gradients: the hoisted input projection changes nothing."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.standard_normal((3, 40, 6)).astype("float32"))
+    h0 = tf.constant(rng.standard_normal((3, 5)).astype("float32"))
+    stock = keras.layers.GRU(5, return_sequences=sequences)
+    fast = layers.GRU(5, return_sequences=sequences)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    weights = [rng.standard_normal(w.shape).astype("float32") for w in stock.get_weights()]
+    stock.set_weights(weights)
+    fast.set_weights(weights)
+    weigh = rng.standard_normal(stock.compute_output_shape(x.shape)).astype("float32")
+    results = []
+    for layer in (stock, fast):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, initial_state=h0) if with_state else layer(x)
+            loss = tf.reduce_sum(y * weigh)  # every output weighed differently
+        grads = tape.gradient(loss, [x, *layer.trainable_weights])
+        results.append([np.asarray(y), *map(np.asarray, grads)])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_gru_falls_back_where_it_cannot_hoist():
+    x = np.random.default_rng(3).standard_normal((2, 7, 4)).astype("float32")
+    for kwargs in ({"go_backwards": True}, {"reset_after": False}, {"activation": "relu"}):
+        stock, fast = keras.layers.GRU(3, **kwargs), layers.GRU(3, **kwargs)
+        stock.build(x.shape)
+        fast.build(x.shape)
+        fast.set_weights(stock.get_weights())
+        assert not fast._hoistable(None)
+        np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(stock(x)), atol=1e-6)
+    assert layers.GRU(3)._hoistable(None)

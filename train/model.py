@@ -92,7 +92,7 @@ def preset(name: str, **overrides) -> UNetConfig:
 
 def build_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model:
     """The model of `cfg`: the frame U-Net (seed) or the streaming U-Net."""
-    return build_stream_unet(cfg) if cfg.streaming else build_frame_unet(cfg, stock_layers)
+    return build_stream_unet(cfg, stock_layers) if cfg.streaming else build_frame_unet(cfg, stock_layers)
 
 
 def build_frame_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model:
@@ -135,7 +135,7 @@ def build_frame_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model
     return keras.Model(mix, stem, name=f"unet_{cfg.preset}")
 
 
-def build_stream_unet(cfg: UNetConfig) -> keras.Model:
+def build_stream_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model:
     """mix (batch, T*frame, 1) -> stem (batch, T*frame, 1), causal: a sigmoid mask times the mixture.
 
     The seed's U-Net made causal across hops: each encoder step folds two samples into one and
@@ -145,6 +145,8 @@ def build_stream_unet(cfg: UNetConfig) -> keras.Model:
     concatenated, so the estimate of hop n uses input up to the end of hop n (+ lookahead) only.
     With `lookahead` L samples the skips and the mixture are delayed by L: output sample t is the
     estimate for input sample t - L, made after the bottleneck heard L more samples.
+    `stock_layers` builds the memory from keras.layers.GRU (same weights, slower CPU training)
+    instead of `layers.GRU`.
     """
     if cfg.frame != 2 ** len(cfg.filters):
         raise UserError(f"frame {cfg.frame} must equal 2**levels = {2 ** len(cfg.filters)}")
@@ -163,7 +165,8 @@ def build_stream_unet(cfg: UNetConfig) -> keras.Model:
 
     # Memory: a GRU over hops, its output beside the encoder's.
     if cfg.memory_units:
-        h = keras.layers.GRU(cfg.memory_units, return_sequences=True, name="memory")(x)  # (B, T, units)
+        gru = keras.layers.GRU if stock_layers else fast.GRU
+        h = gru(cfg.memory_units, return_sequences=True, name="memory")(x)  # (B, T, units)
         x = keras.layers.Concatenate(name="memory_skip")([h, x])
 
     # Decoder: causal sub-pixel upsampling, ReLU, dropout on some steps, the (delayed) skip.

@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on excerpts as recorded (default: remix songs, random gains, "
                    "polarity, channel swap and level)")
     t.add_argument("--stock-layers", action="store_true",
-                   help="use Keras' own Conv1D/Conv1DTranspose kernels (slow on CPU; for comparison)")
+                   help="use Keras' own Conv1D/Conv1DTranspose and GRU kernels (slow on CPU; for comparison)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="convert a trained run to ONNX and TFLite, checked against Keras")
