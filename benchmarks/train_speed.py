@@ -97,14 +97,15 @@ def stream_speed(args) -> None:
     # either on both cores or on one (3.2k or 5.2k frames/s here, at random per call).
     import tensorflow as tf
 
-    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(cfg.batch_size).cache()
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(cfg.batch_size)
     for name, m in models.items():  # warm-up: tracing and first allocation, reported apart
         t = time.perf_counter()
         m.fit(batches.take(1), epochs=1, verbose=0)
         print(f"warm-up {name}: {time.perf_counter() - t:.1f} s")
     rates = {name: [] for name in models}
     for r in range(args.rounds):
-        for name, m in models.items():
+        for name in (list(models) if r % 2 == 0 else list(models)[::-1]):  # alternate who goes first
+            m = models[name]
             t = time.perf_counter()
             m.fit(batches, epochs=1, verbose=0)
             rates[name].append(n * hops / (time.perf_counter() - t))

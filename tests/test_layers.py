@@ -44,6 +44,7 @@ def test_fast_gru_equals_stock(sequences, with_state):
     weights = [rng.standard_normal(w.shape).astype("float32") for w in stock.get_weights()]
     stock.set_weights(weights)
     fast.set_weights(weights)
+    assert fast._hoistable(None)  # the fast path, not Keras' loop (the fallback test spies on it)
     weigh = rng.standard_normal(stock.compute_output_shape(x.shape)).astype("float32")
     results = []
     for layer in (stock, fast):
@@ -57,13 +58,40 @@ def test_fast_gru_equals_stock(sequences, with_state):
         np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_gru_falls_back_where_it_cannot_hoist():
+def test_fast_gru_falls_back_where_it_cannot_hoist(monkeypatch):
+    """Keras' own loop runs for what the hoisted one does not handle, and only then."""
+    calls = []
+    stock_loop = keras.layers.GRU.inner_loop
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.name)
+        return stock_loop(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.GRU, "inner_loop", spy)
     x = np.random.default_rng(3).standard_normal((2, 7, 4)).astype("float32")
-    for kwargs in ({"go_backwards": True}, {"reset_after": False}, {"activation": "relu"}):
+    x[1, 5:] = 0.0  # masked steps for the Masking case
+    cases = [({"go_backwards": True}, False), ({"reset_after": False}, False),
+             ({"activation": "relu"}, False), ({"dropout": 0.1}, False), ({"use_cudnn": True}, False),
+             ({}, True)]
+    for kwargs, hoisted in cases:
         stock, fast = keras.layers.GRU(3, **kwargs), layers.GRU(3, **kwargs)
         stock.build(x.shape)
         fast.build(x.shape)
         fast.set_weights(stock.get_weights())
-        assert not fast._hoistable(None)
+        assert fast._hoistable(None) is hoisted, kwargs
+        calls.clear()
+        if kwargs.get("use_cudnn") is True:  # no GPU here: both refuse as Keras' GRU does
+            for layer in (stock, fast):
+                with pytest.raises(ValueError, match="cuDNN"):
+                    layer(x)
+            continue
         np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(stock(x)), atol=1e-6)
-    assert layers.GRU(3)._hoistable(None)
+        assert calls.count(fast.name) == (0 if hoisted else 1), kwargs
+    masked = keras.Sequential([keras.layers.Masking(0.0), layers.GRU(3, name="masked_fast")])
+    stock_masked = keras.Sequential([keras.layers.Masking(0.0), keras.layers.GRU(3)])
+    masked.build(x.shape)
+    stock_masked.build(x.shape)
+    masked.set_weights(stock_masked.get_weights())
+    calls.clear()
+    np.testing.assert_allclose(np.asarray(masked(x)), np.asarray(stock_masked(x)), atol=1e-6)
+    assert "masked_fast" in calls  # a mask goes to Keras' loop

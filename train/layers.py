@@ -5,14 +5,15 @@ TensorFlow's CPU kernels for Conv1DTranspose and for the convolution gradients
 below 1 GFLOP/s. The same arithmetic written as im2col (pad, stack the k shifted views, one 2-D
 matmul with the kernel) runs on the matmul kernels, forward and backward.
 
-These classes subclass the Keras layers and only replace `call`: the weights, their shapes
+These classes subclass the Keras layers and only replace `call` (GRU: `inner_loop`): the weights, their shapes
 ((k, in, out) for Conv1D, (k, out, in) for Conv1DTranspose), the config and the layer type in the
 model summary are the stock ones, so a saved model loads into either and exports as plain
 Conv/ConvTranspose. `tests/test_layers.py` checks them against the stock layers.
 
 Keras' GRU without cuDNN runs its cell once per step, input projection included: one small matmul
-per hop that could have been one large one before the loop. `GRU` hoists it (1.13x the stream
-preset's training steps per second on this 2-core VM, /work/runs/probes/fastgru.py).
+per hop that could have been one large one before the loop. `GRU` hoists it: 1.13-1.31x the
+stream preset's training steps per second on this 2-core VM (`python -m
+unetsep.benchmarks.train_speed --preset stream`).
 """
 from __future__ import annotations
 
@@ -187,12 +188,23 @@ class GRU(keras.layers.GRU):
 
         z = sigmoid(xz + hz)   r = sigmoid(xr + hr)   h~ = tanh(xh + r * hh)   h' = z h + (1 - z) h~
 
-    Any other configuration (dropout, masks, go_backwards, ...) runs Keras' own loop.
+    Any other configuration (dropout, masks, go_backwards, ...) runs Keras' own loop, and so does
+    a GRU that may run on cuDNN (use_cudnn=True, or "auto" with a GPU visible): cuDNN's kernel
+    is faster still, and use_cudnn=True must keep failing where cuDNN cannot run.
     """
+
+    def _cudnn_wanted(self) -> bool:
+        if self.use_cudnn is True:
+            return True
+        if self.use_cudnn == "auto" and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_logical_devices("GPU"))
+        return False
 
     def _hoistable(self, mask) -> bool:
         cell = self.cell
-        return (mask is None and not self.go_backwards and not self.unroll and cell.reset_after
+        return (mask is None and not self._cudnn_wanted() and not self.go_backwards and not self.unroll and cell.reset_after
                 and cell.use_bias and not cell.dropout and not cell.recurrent_dropout
                 and cell.activation is keras.activations.tanh
                 and cell.recurrent_activation is keras.activations.sigmoid)

@@ -419,7 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"bound {name}: {b['flops_per_frame'] / 1e6:.2f} MFLOP and {b['weight_bytes'] / 1e6:.2f} MB "
               f"per frame; GEMM {b['gemm_gflops']:.1f} GFLOP/s, memory {b['memory_gbs']:.1f} GB/s "
               f"-> {b['compute_bound_us']:.1f} us/frame compute bound; reading the weights takes "
-              f"{b['cached_read_us']:.1f} us/frame from cache ({b['cached_read_gbs']:.1f} GB/s, a hot "
+              f"{b['cached_read_us']:.1f} us/frame at batch 1 from cache ({b['cached_read_gbs']:.1f} GB/s, a hot "
               f"matrix-vector product of their size), {b['memory_bound_us']:.1f} from DRAM")
     if args.plot:
         latency.plot_cdf(results, args.plot)
@@ -554,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on excerpts as recorded (default: remix songs, random gains, "
                    "polarity, channel swap and level)")
     t.add_argument("--stock-layers", action="store_true",
-                   help="use Keras' own Conv1D/Conv1DTranspose and GRU kernels (slow on CPU; for comparison)")
+                   help="use Keras' own layers (slow on CPU; for comparison): Conv1D/Conv1DTranspose for "
+                   "the seed preset, the GRU for stream presets; a resumed run keeps its own")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="convert a trained run to ONNX and TFLite, checked against Keras")
