@@ -34,7 +34,8 @@ def time_hops(model, channels: int, hops: int, calls: int, graph: bool = False,
     version 1: one batch of channels x hops frames), and seconds of audio per second, through the
     runtime's own runner (runtime.stream's StatefulRunner / Runner: tensors on the device, bound
     once, a stream model's state ping-ponging there; with `graph`, one captured CUDA graph per
-    binding), copies of the audio in and the estimate out included. `device` (tests): another onnxruntime device than CUDA."""
+    binding), copies of the audio in and the estimate out included. `device` (tests): another
+    onnxruntime device than CUDA."""
     from ..runtime.stream import Runner, StatefulRunner
 
     info = model.info

@@ -33,8 +33,8 @@ def record_format(path: str | Path, channels: int = 2, rate: int = SAMPLE_RATE) 
         raise UserError(f"--record {path}: unknown file type {suffix or '(none)'!r}; end the name in "
                         f"{' or '.join(SUFFIXES)}")
     fmt = output_format(flac=suffix == ".flac")
-    if fmt.refusal(channels, rate):
-        raise UserError(f"--record {path}: {fmt.refusal(channels, rate)}; record to a .wav file")
+    if refusal := fmt.refusal(channels, rate):
+        raise UserError(f"--record {path}: {refusal}; record to a .wav file")
     return fmt
 
 

@@ -297,8 +297,8 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
         if src.frames == 0:
             raise UserError(f"{path} is empty (0 samples)")
         rate, channels, total = src.samplerate, src.channels, src.frames
-        if fmt.refusal(channels, rate):
-            raise UserError(f"{path}: {fmt.refusal(channels, rate)}; drop --flac")
+        if refusal := fmt.refusal(channels, rate):
+            raise UserError(f"{path}: {refusal}; drop --flac")
         # A damaged header can claim 4 Hz (hours of resampled audio from a 0.2 s file) or
         # thousands of channels: refuse what no real recording is, instead of grinding on it.
         if not MIN_RATE <= rate <= MAX_RATE:

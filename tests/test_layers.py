@@ -37,8 +37,9 @@ def test_fast_gru_equals_stock(sequences, with_state):
     rng = np.random.default_rng(2)
     x = tf.constant(rng.standard_normal((3, 40, 6)).astype("float32"))
     h0 = tf.constant(rng.standard_normal((3, 5)).astype("float32"))
-    stock = keras.layers.GRU(5, return_sequences=sequences)
-    fast = layers.GRU(5, return_sequences=sequences)
+    # use_cudnn=False: the hoisted path on any machine (with a GPU, "auto" leaves it to cuDNN)
+    stock = keras.layers.GRU(5, return_sequences=sequences, use_cudnn=False)
+    fast = layers.GRU(5, return_sequences=sequences, use_cudnn=False)
     stock.build(x.shape)
     fast.build(x.shape)
     weights = [rng.standard_normal(w.shape).astype("float32") for w in stock.get_weights()]
@@ -60,6 +61,10 @@ def test_fast_gru_equals_stock(sequences, with_state):
 
 def test_fast_gru_falls_back_where_it_cannot_hoist(monkeypatch):
     """Keras' own loop runs for what the hoisted one does not handle, and only then."""
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert layers.GRU(3)._hoistable(None) is not gpu  # the default: hoisted unless cuDNN can run
     calls = []
     stock_loop = keras.layers.GRU.inner_loop
 
@@ -72,7 +77,7 @@ def test_fast_gru_falls_back_where_it_cannot_hoist(monkeypatch):
     x[1, 5:] = 0.0  # masked steps for the Masking case
     cases = [({"go_backwards": True}, False), ({"reset_after": False}, False),
              ({"activation": "relu"}, False), ({"dropout": 0.1}, False), ({"use_cudnn": True}, False),
-             ({}, True)]
+             ({"use_cudnn": False}, True)]
     for kwargs, hoisted in cases:
         stock, fast = keras.layers.GRU(3, **kwargs), layers.GRU(3, **kwargs)
         stock.build(x.shape)
@@ -80,15 +85,18 @@ def test_fast_gru_falls_back_where_it_cannot_hoist(monkeypatch):
         fast.set_weights(stock.get_weights())
         assert fast._hoistable(None) is hoisted, kwargs
         calls.clear()
-        if kwargs.get("use_cudnn") is True:  # no GPU here: both refuse as Keras' GRU does
+        if kwargs.get("use_cudnn") is True:  # without a GPU both refuse, as Keras' GRU does
+            if gpu:
+                continue
             for layer in (stock, fast):
                 with pytest.raises(ValueError, match="cuDNN"):
                     layer(x)
             continue
         np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(stock(x)), atol=1e-6)
         assert calls.count(fast.name) == (0 if hoisted else 1), kwargs
-    masked = keras.Sequential([keras.layers.Masking(0.0), layers.GRU(3, name="masked_fast")])
-    stock_masked = keras.Sequential([keras.layers.Masking(0.0), keras.layers.GRU(3)])
+    masked = keras.Sequential([keras.layers.Masking(0.0),
+                               layers.GRU(3, use_cudnn=False, name="masked_fast")])
+    stock_masked = keras.Sequential([keras.layers.Masking(0.0), keras.layers.GRU(3, use_cudnn=False)])
     masked.build(x.shape)
     stock_masked.build(x.shape)
     masked.set_weights(stock_masked.get_weights())

@@ -204,8 +204,8 @@ class GRU(keras.layers.GRU):
 
     def _hoistable(self, mask) -> bool:
         cell = self.cell
-        return (mask is None and not self._cudnn_wanted() and not self.go_backwards and not self.unroll and cell.reset_after
-                and cell.use_bias and not cell.dropout and not cell.recurrent_dropout
+        return (mask is None and not self._cudnn_wanted() and not self.go_backwards
+                and not self.unroll and cell.reset_after and cell.use_bias and not cell.dropout and not cell.recurrent_dropout
                 and cell.activation is keras.activations.tanh
                 and cell.recurrent_activation is keras.activations.sigmoid)
 
