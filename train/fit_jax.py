@@ -1,0 +1,276 @@
+"""Train a U-Net on a lent GPU machine that has JAX but no TensorFlow (Keras 3 on any backend).
+
+Three steps, two machines:
+
+    # here (TensorFlow): the training split and the start weights, packed under 58 MB
+    python -m unetsep.train.fit_jax pack --data /work/data/big --init run_or.keras \\
+        --config models/default/config.json --out .gpu/bundle
+    # there, with KERAS_BACKEND=jax (or any backend): time-boxed training, weights saved per epoch
+    python -m unetsep.train.fit_jax fit --bundle .gpu/bundle --minutes 7 --out $OUT
+    # here: the weights back into a run folder that `unetsep export` takes
+    python -m unetsep.train.fit_jax finish --bundle .gpu/bundle --weights latest.npz \\
+        --history history.csv --out runs/gpu
+
+The model, loss, optimizer and augmentation are `model.py`'s and `augment.py`'s, so the weights are
+those `unetsep train` would make; only the data differs (see bundle.py) and the learning rate
+follows a cosine over the time box rather than over epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.errors import UserError, cause_of
+
+CONFIG = "config.json"
+INIT = "init.npz"
+
+
+def _save_npz(path: Path, weights: list) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, *[np.asarray(w) for w in weights])
+    os.replace(tmp, path)
+
+
+def _read_npz(path: Path) -> list[np.ndarray]:
+    with np.load(path) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def pack_command(a) -> None:
+    from .dataset import open_db
+    from .model import UNetConfig, build_unet
+    from . import bundle
+
+    cfg = UNetConfig.from_json(Path(a.config).read_text())
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = int(a.max_mb * 1e6)
+    if a.init:
+        import keras
+
+        from . import layers as _registered  # noqa: F401  the saved layer classes
+
+        model = build_unet(cfg, stock_layers=True)
+        try:
+            model.set_weights(keras.models.load_model(a.init, compile=False).get_weights())
+        except (ValueError, OSError) as e:
+            raise UserError(f"--init {a.init} cannot start a model of {a.config} ({cause_of(e, 100)}): "
+                            f"pass the .keras model of a run with that config") from None
+        _save_npz(out / INIT, model.get_weights())
+        budget -= (out / INIT).stat().st_size
+    cfg = replace(cfg, extra={**cfg.extra, "init": str(a.init) if a.init else None})
+    (out / CONFIG).write_text(cfg.to_json())
+    db = open_db(a.data, "train", "train", cfg.target, cfg.sample_rate)
+    m = bundle.pack(db.tracks, cfg.target, out, a.seconds, a.bits, a.seed, budget, cfg.sample_rate)
+    print(f"{len(m['songs'])} songs x {a.seconds:g} s, {m['bytes'] / 1e6:.1f} MB of FLAC in {out}")
+
+
+class _Batches:
+    """Endless batches made by `threads` threads ahead of the GPU; a queue of `depth`."""
+
+    def __init__(self, pairs, cfg, batch_size: int, seed: int, threads: int = 8, depth: int = 16):
+        import queue
+
+        from . import bundle
+
+        self.q: queue.Queue = queue.Queue(depth)
+
+        def work(k: int):
+            rng = np.random.default_rng([seed, k])
+            while True:
+                self.q.put(bundle.batch(pairs, cfg.segment, batch_size, cfg.lookahead, rng))
+
+        for k in range(threads):
+            threading.Thread(target=work, args=(k,), daemon=True).start()
+
+    def __iter__(self):
+        while True:
+            yield self.q.get()
+
+
+def _device(keras) -> str:
+    """The accelerator (or CPU) the backend computes on, for the log."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return f"jax {jax.__version__} {jax.devices()[0]}"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return f"tensorflow {tf.__version__} {'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
+    return keras.backend.backend()
+
+
+def fit_command(a) -> None:
+    from . import bundle
+
+    folder, out = Path(a.bundle), Path(a.out)
+    t0 = time.time()
+    manifest, pairs = bundle.load(folder)  # before Keras: a wrong folder fails at once
+
+    import keras
+
+    from .model import UNetConfig, build_unet, compile_unet
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = UNetConfig.from_json((folder / CONFIG).read_text())
+    cfg = replace(cfg, batch_size=a.batch_size, learning_rate=a.lr, lr_final=a.lr_final,
+                  loss=a.loss or cfg.loss)
+    print(f"bundle: {len(pairs)} songs, {sum(len(t) for t, _ in pairs) / cfg.sample_rate / 60:.1f} min "
+          f"in {time.time() - t0:.1f} s; Keras {keras.__version__} on {_device(keras)}", flush=True)
+    model = build_unet(cfg, stock_layers=True)
+    if (folder / INIT).is_file() and not a.scratch:
+        model.set_weights(_read_npz(folder / INIT))
+    compile_unet(model, cfg)
+    budget = a.minutes * 60.0
+    start = time.time()
+    seconds_per_step = cfg.batch_size * cfg.segment / cfg.sample_rate
+
+    def lr_at(frac: float) -> float:  # cosine from lr to lr_final over the time box
+        frac = min(max(frac, 0.0), 1.0)
+        return a.lr_final + 0.5 * (a.lr - a.lr_final) * (1 + math.cos(math.pi * frac))
+
+    rows: list[dict] = []
+    saved_half = False
+
+    class TimeBox(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(lr_at((time.time() - start) / budget))
+
+        def on_train_batch_end(self, batch, logs=None):
+            if time.time() - start > budget:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            nonlocal saved_half
+            elapsed = time.time() - start
+            steps = (epoch + 1) * a.steps
+            row = {"epoch": epoch + 1, "steps": steps, "seconds": round(elapsed, 1),
+                   "audio_hours": round(steps * seconds_per_step / 3600, 2),
+                   "lr": float(self.model.optimizer.learning_rate.numpy()),
+                   **{k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"}}
+            rows.append(row)
+            _save_npz(out / "latest.npz", self.model.get_weights())
+            if not saved_half and elapsed > budget / 2:
+                _save_npz(out / "half.npz", self.model.get_weights())
+                saved_half = True
+            tmp = out / "history.csv.tmp"
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[-1]))
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, out / "history.csv")
+            print(json.dumps(row), flush=True)
+
+    data = _Batches(pairs, cfg, cfg.batch_size, a.seed, a.threads)
+    model.fit(iter(data), steps_per_epoch=a.steps, epochs=10 ** 6, verbose=0, callbacks=[TimeBox()])
+    (out / "fit.json").write_text(json.dumps({
+        "batch_size": cfg.batch_size, "steps_per_epoch": a.steps, "lr": a.lr, "lr_final": a.lr_final,
+        "loss": cfg.loss, "minutes": a.minutes, "seed": a.seed, "scratch": a.scratch,
+        "epochs": len(rows), "wall_s": round(time.time() - start, 1),
+        "backend": keras.backend.backend(), "keras": keras.__version__, "device": _device(keras)},
+        indent=1))
+    print(f"done: {len(rows)} epochs in {time.time() - start:.0f} s", flush=True)
+
+
+def _plot(history: Path, png: Path) -> None:
+    """Training loss and the all-zero estimate's against hours of audio seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(history)))
+    hours = [float(r["audio_hours"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(hours, [float(r["loss"]) for r in rows], ".-", label="training loss (per epoch)")
+    ax.plot(hours, [float(r["zero_estimate"]) for r in rows], "k--", label="all-zero estimate")
+    ax.set_xlabel("hours of audio seen")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, png)
+
+
+def finish_command(a) -> None:
+    import keras
+
+    from .model import UNetConfig, build_unet
+
+    folder, out = Path(a.bundle), Path(a.out)
+    cfg = UNetConfig.from_json((folder / CONFIG).read_text())
+    fit = json.loads(Path(a.fit).read_text()) if a.fit else {}
+    cfg = replace(cfg, batch_size=fit.get("batch_size", cfg.batch_size),
+                  learning_rate=fit.get("lr", cfg.learning_rate),
+                  lr_final=fit.get("lr_final", cfg.lr_final), loss=fit.get("loss", cfg.loss),
+                  extra={**cfg.extra, "trained_on": "train/fit_jax.py", "fit": fit,
+                         **({"init": None} if fit.get("scratch") else {})})
+    model = build_unet(cfg, stock_layers=True)
+    model.set_weights(_read_npz(Path(a.weights)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG).write_text(cfg.to_json())
+    tmp = out / "model.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, out / "model.keras")
+    if a.history:
+        (out / "history.csv").write_text(Path(a.history).read_text())
+        _plot(out / "history.csv", out / "loss.png")
+    print(f"{out / 'model.keras'}: export it with 'unetsep export {out}'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m unetsep.train.fit_jax", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="step", required=True)
+    s = sub.add_parser("pack", help="pack the training split and start weights (here)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--config", required=True, help="config.json of the model to train")
+    s.add_argument("--init", help=".keras weights to start from (default: random)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seconds", type=float, default=10.0, help="per song (default 10)")
+    s.add_argument("--bits", type=int, default=9)
+    s.add_argument("--seed", type=int, default=2031)
+    s.add_argument("--max-mb", type=float, default=58.0, help="bundle size, weights included")
+    s = sub.add_parser("fit", help="train on the bundle (there: KERAS_BACKEND=jax where no TensorFlow)")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--minutes", type=float, required=True, help="time box, compile included")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--steps", type=int, default=50, help="steps per epoch (weights saved after each)")
+    s.add_argument("--lr", type=float, default=3e-4)
+    s.add_argument("--lr-final", type=float, default=3e-5)
+    s.add_argument("--loss", choices=("mae", "nmae", "sdr"))
+    s.add_argument("--seed", type=int, default=2031)
+    s.add_argument("--threads", type=int, default=8, help="batch-making threads")
+    s.add_argument("--scratch", action="store_true", help="ignore the bundle's start weights")
+    s = sub.add_parser("finish", help="the weights back into a run folder (here)")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--weights", required=True)
+    s.add_argument("--history")
+    s.add_argument("--fit", help="fit.json written by the fit step")
+    s.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    try:
+        {"pack": pack_command, "fit": fit_command, "finish": finish_command}[a.step](a)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
