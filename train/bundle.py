@@ -3,7 +3,8 @@
 A lent machine takes the working tree plus at most 64 MiB and has no TensorFlow, no fluidsynth and
 no sound fonts, so the data cannot be rendered or read there as `unetsep train` does. A bundle is:
 
-    manifest.json        songs, seconds, bits, data seed, source data folder, sizes
+    manifest.json        source data folder, data seed, seconds, bits, and per song: its track,
+                         first sample, scales and bytes
     NNNN-target.flac     the target stem, mono mid channel ((L+R)/2), `seconds` from a seeded start,
                          scaled to peak 1 (the manifest keeps each file's scale)
     NNNN-rest.flac       the rest (mixture - target), the same samples
@@ -17,12 +18,12 @@ so input and target stay an exact sum, as in `augment.augmented_excerpts`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.errors import UserError
+from ..runtime.files import write_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 
@@ -30,15 +31,14 @@ MANIFEST = "manifest.json"
 def _write_flac(path: Path, audio: np.ndarray, rate: int) -> int:
     import soundfile as sf
 
-    tmp = path.with_suffix(".tmp.flac")
-    sf.write(tmp, audio, rate, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: sf.write(tmp, audio, rate, format="FLAC", subtype="PCM_16"))
     return path.stat().st_size
 
 
 def pack(tracks: list, target: str, out: str | Path, seconds: float, bits: int, seed: int,
-         max_bytes: int, rate: int) -> dict:
-    """Songs from `tracks` (musdb tracks, shuffled by `seed`) into `out` until `max_bytes`.
+         max_bytes: int, rate: int, source: str = "") -> dict:
+    """Songs from `tracks` (musdb tracks, shuffled by `seed`) into `out`, as many as fit in
+    `max_bytes` of FLAC.
 
     Each song: `seconds` from a random start, mid channel, quantised to `bits`; returns the manifest.
     """
@@ -59,14 +59,18 @@ def pack(tracks: list, target: str, out: str | Path, seconds: float, bits: int, 
         scales = [float(np.abs(a).max() / (1 - step)) or 1.0 for a in pair]  # no clipped peak
         sizes = [_write_flac(out / f"{n:04d}-{kind}.flac", np.round(a / s / step) * step, rate)
                  for kind, a, s in zip(("target", "rest"), pair, scales)]
+        if used + sum(sizes) > max_bytes:  # this song would overflow: drop it and stop
+            for kind in ("target", "rest"):
+                (out / f"{n:04d}-{kind}.flac").unlink()
+            break
         used += sum(sizes)
         songs.append({"file": f"{n:04d}", "track": t.name, "start_sample": int(start * t.rate),
                       "scales": scales, "bytes": sum(sizes)})
-        if used >= max_bytes:
-            break
-    manifest = {"target": target, "rate": rate, "seconds": seconds, "bits": bits, "seed": seed,
-                "songs": songs, "bytes": used}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if not songs:
+        raise UserError(f"not one song of {seconds:g} s fits in {max_bytes / 1e6:.1f} MB; raise --max-mb")
+    manifest = {"source": source, "target": target, "rate": rate, "seconds": seconds, "bits": bits,
+                "seed": seed, "songs": songs, "bytes": used}
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -92,8 +96,9 @@ def batch(pairs: list, segment: int, batch_size: int, lookahead: int, rng: np.ra
     """One training batch from a bundle, as `dataset.segment_batches` makes them from songs:
     x (B, segment, 1), y (B, segment, 2) (the target delayed by `lookahead`, then the mixture).
 
-    Each example remixes two songs (the target of one, the rest of another) through
-    `augment.augment_stems`, as `augment.augmented_excerpts` does."""
+    Each example remixes two songs (the target of one, the rest of another, drawn independently
+    so now and then the same song) through `augment.augment_stems`, as
+    `augment.augmented_excerpts` does."""
     from .augment import augment_stems
     from .dataset import segment_examples
 

@@ -4,12 +4,12 @@ Three steps, two machines:
 
     # here (TensorFlow): the training split and the start weights, packed under 58 MB
     python -m unetsep.train.fit_jax pack --data /work/data/big --init run_or.keras \\
-        --config models/default/config.json --out .gpu/bundle
+        --config checkpoints/stream-huge/config.json --out .gpu/bundle
     # there, with KERAS_BACKEND=jax (or any backend): time-boxed training, weights saved per epoch
     python -m unetsep.train.fit_jax fit --bundle .gpu/bundle --minutes 7 --out $OUT
     # here: the weights back into a run folder that `unetsep export` takes
     python -m unetsep.train.fit_jax finish --bundle .gpu/bundle --weights latest.npz \\
-        --history history.csv --out runs/gpu
+        --history history.csv --out runs/gpu        # reads fit.json beside latest.npz
 
 The model, loss, optimizer and augmentation are `model.py`'s and `augment.py`'s, so the weights are
 those `unetsep train` would make; only the data differs (see bundle.py) and the learning rate
@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import threading
 import time
@@ -31,29 +30,57 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import UserError, cause_of
+from ..runtime.files import write_atomic, write_text_atomic
 
 CONFIG = "config.json"
 INIT = "init.npz"
 
 
 def _save_npz(path: Path, weights: list) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, *[np.asarray(w) for w in weights])
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.savez(tmp, *[np.asarray(w) for w in weights]))
 
 
 def _read_npz(path: Path) -> list[np.ndarray]:
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such weights file; pass the latest.npz that 'fit' wrote")
     with np.load(path) as z:
         return [z[f"arr_{i}"] for i in range(len(z.files))]
 
 
-def pack_command(a) -> None:
-    from .dataset import open_db
-    from .model import UNetConfig, build_unet
-    from . import bundle
+def _config(path: Path, what: str):
+    """The UNetConfig in `path`, which fit_jax trains only if it is a streaming preset."""
+    from .model import UNetConfig
 
-    cfg = UNetConfig.from_json(Path(a.config).read_text())
+    try:
+        cfg = UNetConfig.from_json(Path(path).read_text())
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{what} {path} is not a run's config.json ({cause_of(e, 100)}); pass the "
+                        f"config.json of a streaming run") from None
+    if not cfg.streaming or cfg.segment <= 0:
+        raise UserError(f"{what} {path} is preset {cfg.preset!r}: fit_jax trains streaming presets "
+                        f"(3 s segments, e.g. --preset stream) only; train others with 'unetsep train'")
+    return cfg
+
+
+def _set_weights(model, weights: list, source) -> None:
+    try:
+        model.set_weights(weights)
+    except ValueError as e:
+        raise UserError(f"{source} does not fit this model ({cause_of(e, 100)}): it comes from another "
+                        f"preset or bundle; pass the weights of a run with this bundle's config") from None
+
+
+def pack_command(a) -> None:
+    from . import bundle
+    from .dataset import open_db
+    from .model import build_unet
+
+    cfg = _config(Path(a.config), "--config")
+    if not 2 <= a.bits <= 16:
+        raise UserError(f"--bits {a.bits}: choose 2..16 (FLAC stores 16-bit samples)")
     out = Path(a.out)
+    if out.exists() and any(out.iterdir()):  # old songs or weights would ride along
+        raise UserError(f"--out {out} is not empty; pack into a new folder")
     out.mkdir(parents=True, exist_ok=True)
     budget = int(a.max_mb * 1e6)
     if a.init:
@@ -64,20 +91,22 @@ def pack_command(a) -> None:
         model = build_unet(cfg, stock_layers=True)
         try:
             model.set_weights(keras.models.load_model(a.init, compile=False).get_weights())
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, TypeError) as e:
             raise UserError(f"--init {a.init} cannot start a model of {a.config} ({cause_of(e, 100)}): "
                             f"pass the .keras model of a run with that config") from None
         _save_npz(out / INIT, model.get_weights())
         budget -= (out / INIT).stat().st_size
     cfg = replace(cfg, extra={**cfg.extra, "init": str(a.init) if a.init else None})
-    (out / CONFIG).write_text(cfg.to_json())
+    write_text_atomic(out / CONFIG, cfg.to_json())
     db = open_db(a.data, "train", "train", cfg.target, cfg.sample_rate)
-    m = bundle.pack(db.tracks, cfg.target, out, a.seconds, a.bits, a.seed, budget, cfg.sample_rate)
+    m = bundle.pack(db.tracks, cfg.target, out, a.seconds, a.bits, a.seed, budget, cfg.sample_rate,
+                    source=str(a.data))
     print(f"{len(m['songs'])} songs x {a.seconds:g} s, {m['bytes'] / 1e6:.1f} MB of FLAC in {out}")
 
 
 class _Batches:
-    """Endless batches made by `threads` threads ahead of the GPU; a queue of `depth`."""
+    """Endless batches made by `threads` threads ahead of the GPU; a queue of `depth`. A thread's
+    error is raised by the consumer, so training stops instead of waiting for ever."""
 
     def __init__(self, pairs, cfg, batch_size: int, seed: int, threads: int = 8, depth: int = 16):
         import queue
@@ -88,15 +117,31 @@ class _Batches:
 
         def work(k: int):
             rng = np.random.default_rng([seed, k])
-            while True:
-                self.q.put(bundle.batch(pairs, cfg.segment, batch_size, cfg.lookahead, rng))
+            try:
+                while True:
+                    self.q.put(bundle.batch(pairs, cfg.segment, batch_size, cfg.lookahead, rng))
+            except BaseException as e:  # noqa: BLE001  handed to the training loop
+                self.q.put(e)
 
         for k in range(threads):
             threading.Thread(target=work, args=(k,), daemon=True).start()
 
     def __iter__(self):
         while True:
-            yield self.q.get()
+            item = self.q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+def _csv(rows: list[dict]) -> str:
+    import io
+
+    f = io.StringIO()
+    w = csv.DictWriter(f, fieldnames=list(rows[-1]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return f.getvalue()
 
 
 def _device(keras) -> str:
@@ -121,17 +166,22 @@ def fit_command(a) -> None:
 
     import keras
 
-    from .model import UNetConfig, build_unet, compile_unet
+    from .model import build_unet, compile_unet
 
+    if a.minutes <= 0 or a.batch_size < 1 or a.steps < 1:
+        raise UserError("--minutes, --batch-size and --steps must be positive")
+    cfg = _config(folder / CONFIG, "bundle config")
+    if (manifest["target"], manifest["rate"]) != (cfg.target, cfg.sample_rate):
+        raise UserError(f"{folder}: its songs are {manifest['target']} at {manifest['rate']} Hz but "
+                        f"its config trains {cfg.target} at {cfg.sample_rate} Hz; pack it again")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = UNetConfig.from_json((folder / CONFIG).read_text())
     cfg = replace(cfg, batch_size=a.batch_size, learning_rate=a.lr, lr_final=a.lr_final,
                   loss=a.loss or cfg.loss)
     print(f"bundle: {len(pairs)} songs, {sum(len(t) for t, _ in pairs) / cfg.sample_rate / 60:.1f} min "
           f"in {time.time() - t0:.1f} s; Keras {keras.__version__} on {_device(keras)}", flush=True)
     model = build_unet(cfg, stock_layers=True)
     if (folder / INIT).is_file() and not a.scratch:
-        model.set_weights(_read_npz(folder / INIT))
+        _set_weights(model, _read_npz(folder / INIT), folder / INIT)
     compile_unet(model, cfg)
     budget = a.minutes * 60.0
     start = time.time()
@@ -143,19 +193,23 @@ def fit_command(a) -> None:
 
     rows: list[dict] = []
     saved_half = False
+    steps = 0
 
     class TimeBox(keras.callbacks.Callback):
+        async_safe = True  # reads the clock only: Keras need not wait for the device each step
+
         def on_epoch_begin(self, epoch, logs=None):
             self.model.optimizer.learning_rate.assign(lr_at((time.time() - start) / budget))
 
         def on_train_batch_end(self, batch, logs=None):
+            nonlocal steps
+            steps += 1
             if time.time() - start > budget:
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             nonlocal saved_half
             elapsed = time.time() - start
-            steps = (epoch + 1) * a.steps
             row = {"epoch": epoch + 1, "steps": steps, "seconds": round(elapsed, 1),
                    "audio_hours": round(steps * seconds_per_step / 3600, 2),
                    "lr": float(self.model.optimizer.learning_rate.numpy()),
@@ -165,17 +219,12 @@ def fit_command(a) -> None:
             if not saved_half and elapsed > budget / 2:
                 _save_npz(out / "half.npz", self.model.get_weights())
                 saved_half = True
-            tmp = out / "history.csv.tmp"
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[-1]))
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, out / "history.csv")
+            write_text_atomic(out / "history.csv", _csv(rows))
             print(json.dumps(row), flush=True)
 
     data = _Batches(pairs, cfg, cfg.batch_size, a.seed, a.threads)
     model.fit(iter(data), steps_per_epoch=a.steps, epochs=10 ** 6, verbose=0, callbacks=[TimeBox()])
-    (out / "fit.json").write_text(json.dumps({
+    write_text_atomic(out / "fit.json", json.dumps({
         "batch_size": cfg.batch_size, "steps_per_epoch": a.steps, "lr": a.lr, "lr_final": a.lr_final,
         "loss": cfg.loss, "minutes": a.minutes, "seed": a.seed, "scratch": a.scratch,
         "epochs": len(rows), "wall_s": round(time.time() - start, 1),
@@ -191,7 +240,8 @@ def _plot(history: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader(open(history)))
+    with open(history, newline="") as f:
+        rows = list(csv.DictReader(f))
     hours = [float(r["audio_hours"]) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(hours, [float(r["loss"]) for r in rows], ".-", label="training loss (per epoch)")
@@ -201,33 +251,31 @@ def _plot(history: Path, png: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, png)
+    write_atomic(png, lambda tmp: fig.savefig(tmp, dpi=100))
+    plt.close(fig)
 
 
 def finish_command(a) -> None:
-    import keras
-
-    from .model import UNetConfig, build_unet
+    from .model import build_unet
 
     folder, out = Path(a.bundle), Path(a.out)
-    cfg = UNetConfig.from_json((folder / CONFIG).read_text())
-    fit = json.loads(Path(a.fit).read_text()) if a.fit else {}
+    cfg = _config(folder / CONFIG, "bundle config")
+    fit_path = Path(a.fit) if a.fit else Path(a.weights).with_name("fit.json")
+    if a.fit and not fit_path.is_file():
+        raise UserError(f"--fit {fit_path}: no such file; pass the fit.json that 'fit' wrote")
+    fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
     cfg = replace(cfg, batch_size=fit.get("batch_size", cfg.batch_size),
                   learning_rate=fit.get("lr", cfg.learning_rate),
                   lr_final=fit.get("lr_final", cfg.lr_final), loss=fit.get("loss", cfg.loss),
                   extra={**cfg.extra, "trained_on": "train/fit_jax.py", "fit": fit,
                          **({"init": None} if fit.get("scratch") else {})})
     model = build_unet(cfg, stock_layers=True)
-    model.set_weights(_read_npz(Path(a.weights)))
+    _set_weights(model, _read_npz(Path(a.weights)), a.weights)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(cfg.to_json())
-    tmp = out / "model.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, out / "model.keras")
+    write_text_atomic(out / CONFIG, cfg.to_json())
+    write_atomic(out / "model.keras", model.save)  # last: a run is finished when it exists
     if a.history:
-        (out / "history.csv").write_text(Path(a.history).read_text())
+        write_text_atomic(out / "history.csv", Path(a.history).read_text())
         _plot(out / "history.csv", out / "loss.png")
     print(f"{out / 'model.keras'}: export it with 'unetsep export {out}'")
 
@@ -261,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--bundle", required=True)
     s.add_argument("--weights", required=True)
     s.add_argument("--history")
-    s.add_argument("--fit", help="fit.json written by the fit step")
+    s.add_argument("--fit", help="fit.json written by the fit step (default: beside --weights)")
     s.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
