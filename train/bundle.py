@@ -49,7 +49,10 @@ def pack(tracks: list, target: str, out: str | Path, seconds: float, bits: int, 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(tracks))
     step = np.float32(2.0 ** (1 - bits))
+    from tqdm import tqdm
+
     songs, used = [], 0
+    bar = tqdm(total=max_bytes, unit="B", unit_scale=True, desc="packing", leave=False)
     for n, i in enumerate(order):
         t = tracks[i]
         length = min(seconds, t.duration)
@@ -64,8 +67,10 @@ def pack(tracks: list, target: str, out: str | Path, seconds: float, bits: int, 
                 (out / f"{n:04d}-{kind}.flac").unlink()
             break
         used += sum(sizes)
+        bar.update(sum(sizes))
         songs.append({"file": f"{n:04d}", "track": t.name, "start_sample": int(start * t.rate),
                       "scales": scales, "bytes": sum(sizes)})
+    bar.close()
     if not songs:
         raise UserError(f"not one song of {seconds:g} s fits in {max_bytes / 1e6:.1f} MB; raise --max-mb")
     manifest = {"source": source, "target": target, "rate": rate, "seconds": seconds, "bits": bits,
