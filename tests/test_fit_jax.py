@@ -71,7 +71,7 @@ def test_batch_is_an_exact_remix_delayed_by_lookahead(packed):
 
 def test_fit_then_finish_gives_a_run_that_exports(packed, tmp_path):
     out = tmp_path / "fit"
-    proc = fit_jax("fit", "--bundle", packed, "--out", out, "--minutes", 0.25, "--steps", 1,
+    proc = fit_jax("fit", "--bundle", packed, "--out", out, "--minutes", 0.5, "--steps", 1,
                    "--batch-size", 2, "--threads", 1, "--lr", 1e-2, "--lr-final", 1e-3)
     with open(out / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -268,8 +268,13 @@ def epoch_learning_rate(cfg: UNetConfig, epoch: int) -> float:
     first epoch to cfg.lr_final at the last (cfg.epochs - 1)."""
     if cfg.lr_final is None or cfg.epochs < 2:
         return cfg.learning_rate
-    t = min(1.0, epoch / (cfg.epochs - 1))
-    return cfg.lr_final + (cfg.learning_rate - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return cosine_rate(cfg.learning_rate, cfg.lr_final, epoch / (cfg.epochs - 1))
+
+
+def cosine_rate(start: float, end: float, t: float) -> float:
+    """A cosine from `start` at t = 0 to `end` at t = 1 (t clipped to 0..1)."""
+    t = min(max(t, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def copy_weights(source: str | Path, model) -> None:

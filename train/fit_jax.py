@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import threading
 import time
@@ -166,6 +165,7 @@ def fit_command(a) -> None:
 
     import keras
 
+    from .fit import cosine_rate
     from .model import build_unet, compile_unet
 
     if a.minutes <= 0 or a.batch_size < 1 or a.steps < 1:
@@ -187,10 +187,6 @@ def fit_command(a) -> None:
     start = time.time()
     seconds_per_step = cfg.batch_size * cfg.segment / cfg.sample_rate
 
-    def lr_at(frac: float) -> float:  # cosine from lr to lr_final over the time box
-        frac = min(max(frac, 0.0), 1.0)
-        return a.lr_final + 0.5 * (a.lr - a.lr_final) * (1 + math.cos(math.pi * frac))
-
     rows: list[dict] = []
     saved_half = False
     steps = 0
@@ -199,7 +195,9 @@ def fit_command(a) -> None:
         async_safe = True  # reads the clock only: Keras need not wait for the device each step
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.model.optimizer.learning_rate.assign(lr_at((time.time() - start) / budget))
+            # the cosine of `unetsep train`, over the time box instead of the epochs
+            self.model.optimizer.learning_rate.assign(
+                cosine_rate(a.lr, a.lr_final, (time.time() - start) / budget))
 
         def on_train_batch_end(self, batch, logs=None):
             nonlocal steps
@@ -301,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=50, help="steps per epoch (weights saved after each)")
     s.add_argument("--lr", type=float, default=3e-4)
     s.add_argument("--lr-final", type=float, default=3e-5)
-    s.add_argument("--loss", choices=("mae", "nmae", "sdr"))
+    s.add_argument("--loss", help="mae, nmae or sdr (default: the bundle config's); "
+                   "model.loss_settings checks it")
     s.add_argument("--seed", type=int, default=2031)
     s.add_argument("--threads", type=int, default=8, help="batch-making threads")
     s.add_argument("--scratch", action="store_true", help="ignore the bundle's start weights")
