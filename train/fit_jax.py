@@ -192,7 +192,9 @@ def fit_command(a) -> None:
     steps = 0
 
     class TimeBox(keras.callbacks.Callback):
-        async_safe = True  # reads the clock only: Keras need not wait for the device each step
+        # Not async_safe: Keras would run these hooks in a thread beside the training loop, and on
+        # JAX the epoch-end get_weights() then races the next step's donated buffers (a lent H200
+        # run died at its time box's end with 'Array has been deleted'). A sync per step is cheap.
 
         def on_epoch_begin(self, epoch, logs=None):
             # the cosine of `unetsep train`, over the time box instead of the epochs
