@@ -93,6 +93,8 @@ def test_fit_then_finish_gives_a_run_that_exports(packed, tmp_path):
 
     model, cfg = load_run(run)
     assert cfg.batch_size == 2 and cfg.extra["fit"]["epochs"] == len(rows)
+    packed_songs = json.loads((packed / "manifest.json").read_text())["songs"]
+    assert cfg.extra["bundle"]["songs"] == len(packed_songs) > 0  # what it saw, not the config's data
     assert (run / "loss.png").stat().st_size > 0 and (run / "history.csv").is_file()
     with np.load(out / "latest.npz") as trained:
         for got, k in zip(model.get_weights(), sorted(trained.files, key=lambda f: int(f[4:]))):

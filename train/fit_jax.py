@@ -264,10 +264,15 @@ def finish_command(a) -> None:
     if a.fit and not fit_path.is_file():
         raise UserError(f"--fit {fit_path}: no such file; pass the fit.json that 'fit' wrote")
     fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
+    from .bundle import MANIFEST
+    m = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
+    # the songs it saw: the bundle's, not the data named by the config it was packed with
+    seen = {k: m[k] for k in ("source", "seed", "seconds", "bits") if k in m}
+    seen["songs"] = len(m.get("songs", []))
     cfg = replace(cfg, batch_size=fit.get("batch_size", cfg.batch_size),
                   learning_rate=fit.get("lr", cfg.learning_rate),
                   lr_final=fit.get("lr_final", cfg.lr_final), loss=fit.get("loss", cfg.loss),
-                  extra={**cfg.extra, "trained_on": "train/fit_jax.py", "fit": fit,
+                  extra={**cfg.extra, "trained_on": "train/fit_jax.py", "fit": fit, "bundle": seen,
                          **({"init": None} if fit.get("scratch") else {})})
     model = build_unet(cfg, stock_layers=True)
     _set_weights(model, _read_npz(Path(a.weights)), a.weights)
