@@ -82,8 +82,16 @@ def test_separate_output_formats(song, tmp_path):
 def test_demo(tmp_path):
     proc = unetsep("demo", "--seconds", 6, "-o", tmp_path)
     assert "drums SDR" in proc.stdout and "p50" in proc.stdout and "p99" in proc.stdout
-    folder = Path(proc.stdout.strip().splitlines()[-1].split("stems written to ")[1].split("/ (")[0])
-    assert {p.name for p in folder.iterdir()} == {"drums.wav", "no_drums.wav", "mixture.wav"}
+    rendered, real = proc.stdout.strip().splitlines()[-2:]
+    assert rendered.startswith("stems written to ") and real.startswith("on a real recording ("), proc.stdout
+    folders = [Path(rendered.split("stems written to ")[1].split("/ (")[0]),
+               Path(real.split("stems written to ")[1].rstrip("/"))]
+    for folder in folders:
+        assert folder.parent.parent == tmp_path
+        assert {p.name for p in folder.iterdir()} == {"drums.wav", "no_drums.wav", "mixture.wav"}
+    # the real recording (the 6 s MUSDB18 excerpt stempeg ships) well above its mixture
+    sdr, base = (float(real.split(k)[1].split(" dB")[0]) for k in ("drums SDR ", "(the mixture "))
+    assert sdr > base + 6.0, real
 
 
 def test_models_by_name(tmp_path):

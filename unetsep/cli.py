@@ -633,7 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--plot", help="write SDR per track (PNG) here")
     q.set_defaults(func=cmd_evaluate)
 
-    m = sub.add_parser("demo", help="render an unseen song, separate it, score it and time the model per frame")
+    m = sub.add_parser(
+        "demo", help="render an unseen song, separate it, score it and time the model per frame; then "
+        "separate and score a real recording (the MUSDB18 excerpt stempeg ships)")
     m.add_argument("--model", "-n", help=MODEL_HELP)
     m.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     m.add_argument("--seconds", type=demo_seconds, default=20.0, help="song length (default 20)")
