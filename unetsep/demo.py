@@ -72,11 +72,15 @@ MUSDB_STEMS = ("mixture", "drums", "bass", "other", "vocals")
 
 def real_recording(model, out: Path, say) -> str | None:
     """The one real multitrack recording at hand offline, the 6 s MUSDB18 excerpt the stempeg package
-    ships (recorded and mixed by people, not rendered): separated into `out` and scored. None where
-    stempeg is not installed or the model's target is not a MUSDB18 stem."""
+    ships (recorded and mixed by people, not rendered): separated into `out` and scored, the line to
+    print. None (said on stderr where there is a reason to give) where stempeg is not installed or
+    cannot decode (no ffmpeg), or the model's target or rate is not MUSDB18's."""
     try:
         import stempeg
     except ImportError:
+        return None
+    except RuntimeError as e:  # stempeg refuses to import without ffmpeg and ffprobe
+        say(f"skipped the real recording: {e}")
         return None
     if model.info.target not in MUSDB_STEMS[1:]:
         return None
@@ -86,8 +90,13 @@ def real_recording(model, out: Path, say) -> str | None:
     path = Path(stempeg.example_stem_path())
     name = path.name.removesuffix(".stem.mp4")
     say(f"separating a real recording: {name} (MUSDB18, as stempeg ships it)...")
-    stems, rate = stempeg.read_stems(str(path), dtype=np.float32)  # (5, samples, 2)
+    try:
+        stems, rate = stempeg.read_stems(str(path), dtype=np.float32)  # (5, samples, 2)
+    except Exception as e:  # noqa: BLE001  decoded by an ffmpeg subprocess: any failure skips it
+        say(f"skipped the real recording: stempeg could not read {path} ({type(e).__name__}: {e})")
+        return None
     if rate != model.info.sample_rate:
+        say(f"skipped the real recording: it is at {rate} Hz, the model runs at {model.info.sample_rate} Hz")
         return None
     mix, target = stems[0], stems[MUSDB_STEMS.index(model.info.target)]
     est = estimate(model, mix)
