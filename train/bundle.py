@@ -79,15 +79,26 @@ def pack(tracks: list, target: str, out: str | Path, seconds: float, bits: int, 
     return manifest
 
 
+def read_manifest(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise UserError(f"{folder} is not a bundle (no {MANIFEST}): make one with "
+                        f"'python -m unetsep.train.fit_jax pack'")
+    return json.loads((folder / MANIFEST).read_text())
+
+
+def summary(manifest: dict) -> dict:
+    """What a run trained on, for its config: the bundle's source data, data seed, seconds per song,
+    bits and number of songs (the config it was packed with names the data of its earlier training)."""
+    return {**{k: manifest[k] for k in ("source", "seed", "seconds", "bits")}, "songs": len(manifest["songs"])}
+
+
 def load(folder: str | Path) -> tuple[dict, list[tuple[np.ndarray, np.ndarray]]]:
     """manifest, [(target, rest)] float32 mono arrays of every song in a bundle."""
     import soundfile as sf
 
     folder = Path(folder)
-    if not (folder / MANIFEST).is_file():
-        raise UserError(f"{folder} is not a bundle (no {MANIFEST}): make one with "
-                        f"'python -m unetsep.train.fit_jax pack'")
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_manifest(folder)
     pairs = []
     for s in manifest["songs"]:
         tgt, rest = (sf.read(folder / f"{s['file']}-{kind}.flac", dtype="float32")[0] * np.float32(scale)

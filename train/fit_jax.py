@@ -192,9 +192,10 @@ def fit_command(a) -> None:
     steps = 0
 
     class TimeBox(keras.callbacks.Callback):
-        # Not async_safe: Keras would run these hooks in a thread beside the training loop, and on
-        # JAX the epoch-end get_weights() then races the next step's donated buffers (a lent H200
-        # run died at its time box's end with 'Array has been deleted'). A sync per step is cheap.
+        # Not async_safe: with it, Keras ran on_train_batch_end on a thread pool, and on JAX a lent
+        # H200 run died at its time box's end ('Array has been deleted', checkpoints/stream-gpu2/
+        # ft2/fit-log.txt) while on JAX's CPU the stop came up to an epoch late (40 steps instead
+        # of 26 for a 36 s box). Run in the loop, the hook sees every step as it ends.
 
         def on_epoch_begin(self, epoch, logs=None):
             # the cosine of `unetsep train`, over the time box instead of the epochs
@@ -227,6 +228,7 @@ def fit_command(a) -> None:
     write_text_atomic(out / "fit.json", json.dumps({
         "batch_size": cfg.batch_size, "steps_per_epoch": a.steps, "lr": a.lr, "lr_final": a.lr_final,
         "loss": cfg.loss, "minutes": a.minutes, "seed": a.seed, "scratch": a.scratch,
+        "bundle": bundle.summary(manifest),
         "epochs": len(rows), "wall_s": round(time.time() - start, 1),
         "backend": keras.backend.backend(), "keras": keras.__version__, "device": _device(keras)},
         indent=1))
@@ -256,6 +258,7 @@ def _plot(history: Path, png: Path) -> None:
 
 
 def finish_command(a) -> None:
+    from . import bundle
     from .model import build_unet
 
     folder, out = Path(a.bundle), Path(a.out)
@@ -264,11 +267,8 @@ def finish_command(a) -> None:
     if a.fit and not fit_path.is_file():
         raise UserError(f"--fit {fit_path}: no such file; pass the fit.json that 'fit' wrote")
     fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
-    from .bundle import MANIFEST
-    m = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else {}
-    # the songs it saw: the bundle's, not the data named by the config it was packed with
-    seen = {k: m[k] for k in ("source", "seed", "seconds", "bits") if k in m}
-    seen["songs"] = len(m.get("songs", []))
+    # the songs it saw: as fit recorded them, else (a fit.json from before) this bundle's
+    seen = fit.pop("bundle", None) or bundle.summary(bundle.read_manifest(folder))
     cfg = replace(cfg, batch_size=fit.get("batch_size", cfg.batch_size),
                   learning_rate=fit.get("lr", cfg.learning_rate),
                   lr_final=fit.get("lr_final", cfg.lr_final), loss=fit.get("loss", cfg.loss),

@@ -66,45 +66,39 @@ def run(out: str = "separated", model_path: str | None = None, seconds: float = 
         print(real)
 
 
-# MUSDB18's stem order (musdb's own setup: 0 mixture, 1 drums, 2 bass, 3 other, 4 vocals)
-MUSDB_STEMS = ("mixture", "drums", "bass", "other", "vocals")
-
 
 def real_recording(model, out: Path, say) -> str | None:
     """The one real multitrack recording at hand offline, the 6 s MUSDB18 excerpt the stempeg package
     ships (recorded and mixed by people, not rendered): separated into `out` and scored, the line to
-    print. None (said on stderr where there is a reason to give) where stempeg is not installed or
-    cannot decode (no ffmpeg), or the model's target or rate is not MUSDB18's."""
-    try:
-        import stempeg
-    except ImportError:
-        return None
-    except RuntimeError as e:  # stempeg refuses to import without ffmpeg and ffprobe
-        say(f"skipped the real recording: {e}")
-        return None
-    if model.info.target not in MUSDB_STEMS[1:]:
-        return None
+    print. None, with a line on stderr, where the model's target is not one of its stems or ffmpeg
+    cannot decode it."""
+    import stempeg  # comes with musdb (the train extra), which the rendering above imported already
+
+    from unetsep.runtime.errors import cause_of
     from unetsep.runtime.measures import mixture_sdr, target_sdr
     from unetsep.runtime.separate import estimate, model_name
+    from unetsep.train.dataset import musdb_setup
 
+    ids = musdb_setup()["stem_ids"]  # musdb's own order of the streams in a .stem.mp4
+    target, rate = model.info.target, model.info.sample_rate
     path = Path(stempeg.example_stem_path())
     name = path.name.removesuffix(".stem.mp4")
+    if target not in ids:
+        say(f"skipped the real recording {name}: it has no '{target}' stem (only {', '.join(ids)})")
+        return None
     say(f"separating a real recording: {name} (MUSDB18, as stempeg ships it)...")
-    try:
-        stems, rate = stempeg.read_stems(str(path), dtype=np.float32)  # (5, samples, 2)
-    except Exception as e:  # noqa: BLE001  decoded by an ffmpeg subprocess: any failure skips it
-        say(f"skipped the real recording: stempeg could not read {path} ({type(e).__name__}: {e})")
+    try:  # ffmpeg decodes (and resamples, for a model at another rate)
+        stems = stempeg.read_stems(str(path), dtype=np.float32, sample_rate=rate)[0]  # (5, samples, 2)
+    except Exception as e:  # noqa: BLE001  an ffmpeg subprocess's failure, whatever its type
+        say(f"skipped the real recording: ffmpeg could not decode {path} ({cause_of(e, 100)})")
         return None
-    if rate != model.info.sample_rate:
-        say(f"skipped the real recording: it is at {rate} Hz, the model runs at {model.info.sample_rate} Hz")
-        return None
-    mix, target = stems[0], stems[MUSDB_STEMS.index(model.info.target)]
+    mix, ref = stems[ids["mixture"]], stems[ids[target]]
     est = estimate(model, mix)
-    dest = out / model_name(model.path, model.info.target) / name
+    dest = out / model_name(model.path, target) / name
     dest.mkdir(parents=True, exist_ok=True)
-    for stem, audio in (("mixture", mix), (model.info.target, est), (f"no_{model.info.target}", mix - est)):
+    for stem, audio in (("mixture", mix), (target, est), (f"no_{target}", mix - est)):
         write_wav_atomic(dest / f"{stem}.wav", audio, rate)
-    sdr = target_sdr(mix, target, est, rate)["sdr"]
-    base = mixture_sdr(mix, target, rate)["sdr"]
-    return (f"on a real recording ({name}, {len(mix) / rate:.0f} s): {model.info.target} SDR {sdr:.2f} dB "
+    sdr = target_sdr(mix, ref, est, rate)["sdr"]
+    base = mixture_sdr(mix, ref, rate)["sdr"]
+    return (f"on a real recording ({name}, {len(mix) / rate:.0f} s): {target} SDR {sdr:.2f} dB "
             f"(the mixture {base:.2f} dB); stems written to {dest}/")
