@@ -80,6 +80,7 @@ def pack(tracks: list, target: str, out: str | Path, seconds: float, bits: int, 
 
 
 def read_manifest(folder: str | Path) -> dict:
+    """A bundle's manifest.json; a folder without one is refused in one line."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise UserError(f"{folder} is not a bundle (no {MANIFEST}): make one with "
@@ -90,7 +91,8 @@ def read_manifest(folder: str | Path) -> dict:
 def summary(manifest: dict) -> dict:
     """What a run trained on, for its config: the bundle's source data, data seed, seconds per song,
     bits and number of songs (the config it was packed with names the data of its earlier training)."""
-    return {**{k: manifest[k] for k in ("source", "seed", "seconds", "bits")}, "songs": len(manifest["songs"])}
+    return {**{k: manifest[k] for k in ("source", "seed", "seconds", "bits")},
+            "songs": len(manifest["songs"])}
 
 
 def load(folder: str | Path) -> tuple[dict, list[tuple[np.ndarray, np.ndarray]]]:
