@@ -25,7 +25,7 @@ import numpy as np
 from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
 from ..runtime.contract import FORMATS, ModelInfo
 from ..runtime.errors import UserError
-from ..runtime.measures import snr_db, target_sdr, time_model
+from ..runtime.measures import sdr_only, snr_db, time_model
 from ..runtime.separate import estimate, separate_array
 from ..runtime.stream import stream_blocks
 from .convert import load_run, model_info, ort_int8, stream_calibration, tf2onnx_raw, tflite_variants
@@ -185,7 +185,7 @@ class CheckAudio:
     streaming: bool
 
     def sdr(self, estimate: np.ndarray) -> float:
-        return target_sdr(self.mix, self.target, estimate, self.rate)["sdr"]
+        return sdr_only(self.target, estimate, self.rate)
 
 
 def p50_us(m) -> float:

@@ -111,6 +111,14 @@ def target_sdr(mix: np.ndarray, target: np.ndarray, estimate: np.ndarray, rate: 
     return museval_sdr(np.stack([target, mix - target]), np.stack([estimate, mix - estimate]), rate)
 
 
+def sdr_only(target: np.ndarray, estimate: np.ndarray, rate: int) -> float:
+    """target_sdr's SDR (or mixture_sdr's, with `estimate` = the mixture) without its SIR and SAR,
+    about 4x faster: in bss_eval a source's SDR is its estimate against the projection onto its
+    own reference alone (the other sources enter SIR and SAR only), so the target is scored as the
+    one source. Equal to the two-source figure (tests/test_benchmarks.py checks it)."""
+    return museval_sdr(target[None], estimate[None], rate)["sdr"]
+
+
 def mixture_sdr(mix: np.ndarray, target: np.ndarray, rate: int) -> dict:
     """The floor: museval_sdr of the mixture itself taken as the estimate of both sources."""
     return museval_sdr(np.stack([target, mix - target]), np.stack([mix, mix]), rate)

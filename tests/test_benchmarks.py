@@ -42,7 +42,7 @@ def test_known_cases(dataset):
     import museval
 
     from unetsep.benchmarks.quality import score_track
-    from unetsep.runtime.measures import museval_sdr
+    from unetsep.runtime.measures import museval_sdr, sdr_only, target_sdr
 
     track = musdb.DB(root=str(dataset), is_wav=True, subsets="test").tracks[0]
     mix = track.audio.astype(np.float32)
@@ -56,6 +56,11 @@ def test_known_cases(dataset):
     assert np.isclose(scores["mixture"]["sdr"], np.nanmedian(sdr[0]))
     assert museval_sdr(np.stack([truth, mix - truth]), np.zeros((2, *mix.shape)),
                        track.rate)["sdr"] == float("-inf")
+    # The one-source SDR (demo, export's checks) is the two-source SDR exactly.
+    est = 0.7 * truth + 0.2 * mix
+    two = target_sdr(mix, truth, est, track.rate)["sdr"]
+    assert abs(sdr_only(truth, est, track.rate) - two) < 1e-9 and two < 60
+    assert abs(sdr_only(truth, mix, track.rate) - scores["mixture"]["sdr"]) < 1e-9
 
 
 def test_results_quote_the_export_report():

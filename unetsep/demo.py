@@ -51,7 +51,7 @@ def run(out: str = "separated", model_path: str | None = None, seconds: float = 
               f"p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us "
               f"(deadline {deadline_us(model.info):.0f} us)")
     print(f"separated {len(mix) / rate:.0f} s in {took:.1f} s ({len(mix) / rate / took:.0f}x real time, "
-          f"file mode; live runs one {frame}-sample frame per call at the latency above)")
+          f"file mode on 1 thread; live runs one {frame}-sample frame per call at the latency above)")
     print(f"stems written to {dest}/ ({model.info.target}.wav, no_{model.info.target}.wav, mixture.wav)")
     real = real_recording(model, Path(out), say)
     if real:
@@ -63,7 +63,7 @@ def separate_into(model, mix: np.ndarray, ref: np.ndarray, rate: int,
     """Separate `mix` (samples, channels) in file mode, write mixture, target and no_target WAVs into
     `dest` (each atomically), and score the estimate against `ref`: (SDR, the mixture's own SDR as
     the floor, seconds the separation took)."""
-    from unetsep.runtime.measures import mixture_sdr, target_sdr
+    from unetsep.runtime.measures import sdr_only
     from unetsep.runtime.separate import estimate
 
     target = model.info.target
@@ -73,7 +73,7 @@ def separate_into(model, mix: np.ndarray, ref: np.ndarray, rate: int,
     dest.mkdir(parents=True, exist_ok=True)
     for stem, audio in (("mixture", mix), (target, est), (f"no_{target}", mix - est)):
         write_wav_atomic(dest / f"{stem}.wav", audio, rate)
-    return target_sdr(mix, ref, est, rate)["sdr"], mixture_sdr(mix, ref, rate)["sdr"], took
+    return sdr_only(ref, est, rate), sdr_only(ref, mix, rate), took
 
 
 def real_recording(model, out: Path, say) -> str | None:
