@@ -107,7 +107,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..runtime.files import write_atomic
+    from ..runtime.files import save_figure
 
     names = [k for k in result if isinstance(result[k], dict) and "pumping_db" in result[k]]
     bands = [b for _, _, b in BANDS]
@@ -123,14 +123,14 @@ def plot(result: dict, path: Path) -> None:
         ax.axhline(0, color="k", lw=0.5)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     from ..runtime.backends import open_model
     from ..runtime.errors import UserError
-    from ..runtime.files import check_writable, write_text_atomic
+    from ..runtime.files import check_figure_path, check_writable, write_text_atomic
 
     p = argparse.ArgumentParser(prog="python -m unetsep.benchmarks.bands", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
@@ -138,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracks", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--json", help="write the figures here")
-    p.add_argument("--plot", help="write a bar chart (PNG) here")
+    p.add_argument("--plot", help="write a bar chart here (.png, .pdf or .svg)")
     args = p.parse_args(argv)
     try:
-        for flag, value in (("--json", args.json), ("--plot", args.plot)):
-            if value:
-                check_writable(value, flag)
+        if args.json:
+            check_writable(args.json, "--json")
+        if args.plot:
+            check_figure_path(args.plot)
         say = lambda m: print(m, file=sys.stderr)  # noqa: E731
         models = [open_model(m, "cpu", threads=2, say=say) for m in (args.model or [None])]
         res = run(args.data, models, args.tracks, args.seconds, progress=lambda n: say(f"scored {n}"))

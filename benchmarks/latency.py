@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from ..runtime.contract import FRAME
+from ..runtime.files import save_figure
 
 
 def physical_bound(flops_per_frame: float, weight_bytes: float, seconds: float = 1.0,
@@ -170,5 +171,5 @@ def plot_cdf(results: list[dict], path) -> None:
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

@@ -89,6 +89,15 @@ def tf2onnx_raw(model, cfg, info: ModelInfo, batch: int | None = None):
     return proto
 
 
+def quiet_convert(converter) -> bytes:
+    """converter.convert() with its chatter (absl's "Please consider providing the trackable_obj",
+    MLIR's "fully_quantize: 0, inference_type: 6, ...") kept off the terminal; shown if it fails."""
+    from ..runtime.quiet import native_stderr_held
+
+    with native_stderr_held():
+        return converter.convert()
+
+
 def tflite_variants(model, cfg, calibration: np.ndarray) -> dict[str, bytes]:
     """{'tflite': float32, 'fp16.tflite', 'dynint8.tflite', 'int8.tflite'} flatbuffers.
 
@@ -106,19 +115,19 @@ def tflite_variants(model, cfg, calibration: np.ndarray) -> dict[str, bytes]:
 
     out = {}
     c = converter()
-    out["tflite"] = c.convert()
+    out["tflite"] = quiet_convert(c)
     c = converter()
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.target_spec.supported_types = [tf.float16]
-    out["fp16.tflite"] = c.convert()
+    out["fp16.tflite"] = quiet_convert(c)
     c = converter()
     c.optimizations = [tf.lite.Optimize.DEFAULT]
-    out["dynint8.tflite"] = c.convert()
+    out["dynint8.tflite"] = quiet_convert(c)
     c = converter()
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
     c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    out["int8.tflite"] = c.convert()  # int8 kernels inside; float32 in and out
+    out["int8.tflite"] = quiet_convert(c)  # int8 kernels inside; float32 in and out
     return out
 
 

@@ -13,6 +13,7 @@ existing MODEL_DIR as it was.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import numpy as np
 from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
 from ..runtime.contract import FORMATS, ModelInfo
 from ..runtime.errors import UserError
+from ..runtime.files import as_public_folder
 from ..runtime.measures import sdr_only, snr_db, time_model
 from ..runtime.separate import estimate, separate_array
 from ..runtime.stream import stream_blocks
@@ -325,11 +327,14 @@ def export(run_dir: str, out: str, data: str | None = None, thresholds: Threshol
         if not passed and not allow_degraded:
             # Nothing is written: MODEL_DIR stays as it was; the error lists each failure.
             raise ExportFailed(rows, tmp)
-        swap(tmp, out)
+        swap(as_public_folder(tmp), out)
         return out, rows, passed
-    except BaseException:
+    except BaseException as e:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"writing the model into {out.parent} failed ({e.strerror}); free "
+                            f"space there or choose another --out") from None
         raise
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime.contract import ModelInfo
+from .convert import quiet_convert
 
 
 def _bn_scale_shift(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -143,11 +144,11 @@ def tflite_stream_variants(model, cfg, info: ModelInfo, calibration: list[dict])
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
 
     out = {}
-    out["tflite"] = converter().convert()
+    out["tflite"] = quiet_convert(converter())
     c = converter()
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     # Feeds by input name: the calibrator matches them to the signature's inputs.
     c.representative_dataset = lambda: iter(calibration)
     c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    out["int8.tflite"] = c.convert()  # int8 kernels inside; float32 in and out (states too)
+    out["int8.tflite"] = quiet_convert(c)  # int8 kernels inside; float32 in and out (states too)
     return out

@@ -411,9 +411,15 @@ def _model_arg(model: str | Path | None) -> str | Path:
     return model or os.environ.get("UNETSEP_MODEL") or DEFAULT_MODEL
 
 
-def _names_a_file(model: str | Path) -> bool:
+def names_a_file(model: str | Path) -> bool:
+    """Whether --model (or $UNETSEP_MODEL) is a path rather than a shipped model's name. A shipped
+    name wins over a file of that name in the current folder (`./default` names the file)."""
+    if isinstance(model, Path):  # resolved already (Path("./seed") prints as "seed")
+        return True
+    if model in shipped_models():
+        return False
     path = Path(model)
-    return path.is_file() or path.suffix in (".onnx", ".tflite") or len(path.parts) > 1
+    return "/" in model or os.sep in model or path.suffix in (".onnx", ".tflite") or path.is_file()
 
 
 def default_model_path() -> Path:
@@ -425,7 +431,14 @@ def resolve_model(model: str | Path | None) -> Path:
     """--model as given: an existing file, a shipped model's name (`default`, `seed`), or None
     for the default. A path that names no file is reported by load_model."""
     name = _model_arg(model)
-    return Path(name) if _names_a_file(name) else shipped_model(str(name))
+    if model is None and name != DEFAULT_MODEL:  # from $UNETSEP_MODEL: a bad value names it
+        if names_a_file(name) and not Path(name).exists():
+            raise UserError(f"UNETSEP_MODEL={name}: no such file; set it to a .onnx or .tflite file "
+                            f"or a shipped model's name ({', '.join(shipped_models())}), or unset it")
+        if not names_a_file(name) and name not in shipped_models():
+            raise UserError(f"UNETSEP_MODEL={name}: no shipped model of that name (shipped: "
+                            f"{', '.join(shipped_models())}); set it to one or to a model file, or unset it")
+    return Path(name) if names_a_file(name) else shipped_model(str(name))
 
 
 def passed_check(model_file: Path) -> bool:
@@ -447,7 +460,7 @@ def live_model_path(model: str | Path | None, fmt: str = "auto", provider: str =
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}: choose auto or one of {', '.join(FORMATS)}")
     name = _model_arg(model)
-    if _names_a_file(name):
+    if names_a_file(name):
         if fmt != "auto":
             given = f"--model {name}" if model else f"UNETSEP_MODEL={name}"
             raise UserError(f"--format picks among a shipped model's files and {given} is a path: "

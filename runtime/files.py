@@ -18,10 +18,33 @@ def atomic_temp(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
+def clear_stale_temps(path: Path) -> list[str]:
+    """Remove the atomic_temp files of `path` that processes no longer alive left (a run killed
+    with SIGKILL mid-write); returns their names."""
+    path = Path(path)
+    stale = re.compile(rf"^\.{re.escape(path.stem)}\.(\d+)\.tmp{re.escape(path.suffix)}$")
+    gone = []
+    for p in path.parent.glob(f".{glob_escape(path.stem)}.*.tmp{glob_escape(path.suffix)}"):
+        m = stale.match(p.name)
+        if m and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp) on a temporary path beside `path` (atomic_temp), then rename it over
-    `path`."""
+    `path`. A symlink keeps pointing where it did (its target is replaced); a FIFO or a device
+    (/dev/stdout) is written to directly: a rename would replace it by a plain file."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        write(path)
+        return
+    path = Path(os.path.realpath(path))
     tmp = atomic_temp(path)
     try:
         write(tmp)
@@ -29,6 +52,37 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def as_public_folder(path: Path) -> Path:
+    """Give a folder made by tempfile.mkdtemp (mode 0700, private) the mode a plain mkdir would
+    (0777 less the umask) before it is renamed into place as a result others may read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+    return path
+
+
+FIGURE_TYPES = (".png", ".pdf", ".svg")
+
+
+def check_figure_path(path: str | Path, flag: str = "--plot") -> None:
+    """check_writable for a picture, and its type from its extension, before any work."""
+    check_writable(path, flag)
+    if Path(path).suffix.lower() not in FIGURE_TYPES:
+        raise UserError(f"{flag} {path}: name a {', '.join(FIGURE_TYPES)} file (the extension "
+                        f"picks the image type)")
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure written atomically, its type from the extension; one line if it cannot
+    be written (a full disk)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda p: fig.savefig(p, format=path.suffix.lower()[1:], dpi=dpi))
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}; choose another path") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -151,7 +205,11 @@ def check_writable(path: str | Path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; pass a file path")
-    parent = path.parent
+    if path.exists() and not path.is_file():  # a FIFO or a device: written in place
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{flag} {path} is not writable; choose another path")
+        return
+    parent = Path(os.path.realpath(path)).parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():

@@ -17,7 +17,7 @@ import numpy as np
 
 from .contract import SAMPLE_RATE
 from .errors import UserError
-from .files import atomic_temp
+from .files import atomic_temp, clear_stale_temps
 from .separate import SUFFIXES, OutputFormat, output_format
 
 # The main thread drains the ring about once a second; 8 s of room covers a stalled second or
@@ -76,6 +76,7 @@ class Recorder:
         self.tmp = atomic_temp(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            clear_stale_temps(self.path)  # what a recording killed with SIGKILL left
             self.file = sf.SoundFile(str(self.tmp), "w", samplerate=rate, channels=channels,
                                      format=fmt.container, subtype=fmt.subtype)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:

@@ -266,6 +266,8 @@ def _make_dirs(folder: Path) -> list[Path]:
 
 
 def track_folder(out_root: Path, model, name: str) -> Path:
+    if name in ("", ".", ".."):  # the stem of a file named "..wav": stay inside the model's folder
+        name = name.replace(".", "_") or "_"
     return out_root / model_name(Path(model.path), model.info.target) / name
 
 
@@ -289,7 +291,7 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        src = sf.SoundFile(str(path))
+        src = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         raise UserError(f"{path} is not an audio file libsndfile can read ({cause_of(e)}); convert it "
                         f"to wav or flac") from None
@@ -327,9 +329,9 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
         try:
             try:
                 for t, f in zip(tmps, finals):
-                    writers.append(_Sink(sf.SoundFile(str(t), "w", samplerate=rate, channels=channels,
-                                                      subtype=fmt.subtype, format=fmt.container),
-                                         f, count_clips=fmt.clips))
+                    opened = sf.SoundFile(os.fsencode(t), "w", samplerate=rate, channels=channels,
+                                          subtype=fmt.subtype, format=fmt.container)
+                    writers.append(_Sink(opened, f, count_clips=fmt.clips))
             except (sf.LibsndfileError, RuntimeError, OSError) as e:
                 raise UserError(f"cannot write to {track} ({_write_cause(e, track)}); pass another "
                                 f"-o folder") from None

@@ -8,6 +8,7 @@ seconds of noise, so the module needs no training run; cheap cases run in-proces
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -311,3 +312,70 @@ def test_sigterm_to_data_and_its_workers_is_quiet(tmp_path):
         os.killpg(proc.pid, 0)
     for track in [*out.glob("train/*"), *out.glob("test/*")]:  # finished tracks only
         assert {p.name for p in track.iterdir()} >= {"mixture.wav", "drums.wav"}, track
+
+
+def test_names_and_paths_of_models_and_outputs(shipped, tmp_path, monkeypatch):
+    """A third hostile round: a file named like a shipped model in the current folder, a bad
+    $UNETSEP_MODEL, --plot of an unknown type, --json through a symlink, an input named ..wav and
+    one whose name is not UTF-8."""
+    from unetsep.runtime.backends import resolve_model, shipped_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").write_text("notes")
+    assert resolve_model("default") == shipped_model("default")  # the name wins over the file
+    assert resolve_model("./default") == Path("default")  # a path says it is one
+    monkeypatch.setenv("UNETSEP_MODEL", "nosuch")
+    one_line_error(*run_main("separate", "x.wav"), "UNETSEP_MODEL=nosuch", "unset it")
+    monkeypatch.setenv("UNETSEP_MODEL", str(tmp_path / "none.onnx"))
+    one_line_error(*run_main("bench", "--frames", 5, "--batch", 1), "UNETSEP_MODEL=", "no such file")
+    monkeypatch.delenv("UNETSEP_MODEL")
+    for plot in ("b.xyz", "bplot"):  # refused before any timing
+        one_line_error(*run_main("bench", "-n", shipped, "--frames", 5, "--plot", plot), "--plot", ".png")
+    (tmp_path / "target.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to("target.json")
+    code, err = run_main("bench", "-n", shipped, "--frames", 5, "--batch", 1, "--json", "link.json",
+                         "--plot", "b.svg")
+    assert code == 0, err
+    assert (tmp_path / "link.json").is_symlink()  # its target was written, the link kept
+    assert json.loads((tmp_path / "target.json").read_text())["results"]
+    assert (tmp_path / "b.svg").read_text().lstrip().startswith("<?xml")
+    clip = 0.1 * np.random.default_rng(0).standard_normal((RATE // 4, 2))
+    names = ["..wav", "...wav", b"bad\xff.wav".decode(errors="surrogateescape")]
+    for name in names:
+        sf.write(tmp_path / "clip.wav", clip, RATE)
+        (tmp_path / "clip.wav").rename(tmp_path / name)
+    code, err = run_main("separate", "-n", shipped, "-o", "out", *names)
+    assert code == 0, err
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.wav"))
+    assert written == sorted(f"default/{d}/{s}.wav" for d in ("_", "__", names[2][:-4])
+                             for s in ("drums", "no_drums")), written
+
+
+def test_failed_starts_leave_no_run_folder_and_made_folders_are_readable(data, tmp_path,
+                                                                          monkeypatch):
+    import tempfile
+
+    from unetsep.runtime.files import as_public_folder, clear_stale_temps
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a keras model")
+    for init in ("nosuch", "afile"):  # one found missing at once, one only when loaded
+        one_line_error(*run_main("train", "--data", data, "--out", "run", "--init", init,
+                                 "--epochs", 1, "--steps", 1), "--init")
+        assert not (tmp_path / "run").exists()
+    one_line_error(*run_main("train", "--data", data, "--out", "run", "--preset", "stream",
+                             "--lookahead", 30), "lookahead 30")
+    assert not (tmp_path / "run").exists()
+    # mkdtemp makes 0700 folders; what data and export rename into place follows the umask
+    old = os.umask(0o022)
+    try:
+        assert as_public_folder(Path(tempfile.mkdtemp(dir=tmp_path))).stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(old)
+    # a temporary of a recording killed with SIGKILL: its process is gone, so it goes
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        (tmp_path / f".take.{pid}.tmp.wav").write_bytes(b"RIFF")
+    assert clear_stale_temps(tmp_path / "take.wav") == [f".take.{dead.pid}.tmp.wav"]
+    assert (tmp_path / f".take.{os.getpid()}.tmp.wav").exists()

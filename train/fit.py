@@ -27,7 +27,8 @@ from pathlib import Path
 
 from ..runtime.errors import UserError
 from ..runtime.files import write_atomic
-from .model import SegmentLoss, UNetConfig, build_unet, compile_unet, loss_settings, preset
+from .model import (SegmentLoss, UNetConfig, build_unet, check_shape, compile_unet, loss_settings,
+                    preset)
 
 CHECKPOINTS = "checkpoint"
 # zero_estimate: the loss of an all-zero estimate on the same data; a loss sitting there means the
@@ -277,11 +278,8 @@ def cosine_rate(start: float, end: float, t: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def copy_weights(source: str | Path, model) -> None:
-    """Set every weighted layer of `model` from the layer of the same name in the .keras model
-    `source` (or `source`/model.keras); a clear error when a layer is missing or differs."""
-    import keras
-
+def init_file(source: str | Path) -> Path:
+    """The .keras file --init names: `source` itself, or `source`/model.keras for a run folder."""
     path = Path(source)
     if path.is_dir():
         last = latest_checkpoint(path)
@@ -291,6 +289,15 @@ def copy_weights(source: str | Path, model) -> None:
             raise UserError(f"--init {source} is a folder without model.keras{hint}; pass a .keras file")
     if not path.is_file():
         raise UserError(f"--init {source}: no such file; pass a .keras model or a finished run's folder")
+    return path
+
+
+def copy_weights(source: str | Path, model) -> None:
+    """Set every weighted layer of `model` from the layer of the same name in the .keras model
+    `source` (or `source`/model.keras); a clear error when a layer is missing or differs."""
+    import keras
+
+    path = init_file(source)
     try:
         src = keras.models.load_model(path, compile=False)
     except Exception:  # Keras says "File not found" for a damaged zip, and worse for other files
@@ -319,7 +326,21 @@ def _check_resumable(run: Path, cfg: UNetConfig) -> UNetConfig:
     return old
 
 
-def train(data: str | Path, out: str | Path, target: str = "drums", preset_name: str = "seed",
+def train(data: str | Path, out: str | Path, **kwargs) -> Path:
+    """Train (or resume) a run in `out` (_train, whose keywords it takes); returns the path of the
+    trained model.keras. A run folder this call created is removed again if the call fails before
+    anything is written into it (a bad --init found only when loaded), so no empty run is left."""
+    run = Path(out)
+    existed = run.exists()
+    try:
+        return _train(data, out, **kwargs)
+    except BaseException:
+        if not existed and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()
+        raise
+
+
+def _train(data: str | Path, out: str | Path, target: str = "drums", preset_name: str = "seed",
           epochs: int | None = None, batch_size: int | None = None, steps: int | None = None,
           strategy: str = "default", seed: int = 0, stock_layers: bool = False,
           augment: bool = True, lr_final: float | None = None, learning_rate: float | None = None,
@@ -341,6 +362,9 @@ def train(data: str | Path, out: str | Path, target: str = "drums", preset_name:
     if cfg.lookahead and not cfg.streaming:
         raise UserError(f"--lookahead is for the streaming presets; preset {cfg.preset!r} decides "
                         f"each frame alone (use --preset stream)")
+    check_shape(cfg)
+    if init is not None and not (run / "config.json").is_file():
+        init_file(init)  # a new run: before its folder exists, a wrong --init leaves nothing behind
     # The CLI rejects these at parse time; callers of this function get the same guard, since
     # Keras hangs on a negative steps_per_epoch and 0 epochs would save an untrained model.
     for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--steps", steps)):

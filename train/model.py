@@ -90,6 +90,14 @@ def preset(name: str, **overrides) -> UNetConfig:
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
+def check_shape(cfg: UNetConfig) -> None:
+    """What build_unet needs of a config's frame and look-ahead, checkable before any work."""
+    if cfg.frame != 2 ** len(cfg.filters):
+        raise UserError(f"frame {cfg.frame} must equal 2**levels = {2 ** len(cfg.filters)}")
+    if cfg.lookahead % cfg.frame:
+        raise UserError(f"lookahead {cfg.lookahead} must be a whole number of hops ({cfg.frame} samples)")
+
+
 def build_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Model:
     """The model of `cfg`: the frame U-Net (seed) or the streaming U-Net."""
     return build_stream_unet(cfg, stock_layers) if cfg.streaming else build_frame_unet(cfg, stock_layers)
@@ -148,10 +156,7 @@ def build_stream_unet(cfg: UNetConfig, stock_layers: bool = False) -> keras.Mode
     `stock_layers` builds the memory from keras.layers.GRU (same weights, slower CPU training)
     instead of `layers.GRU`.
     """
-    if cfg.frame != 2 ** len(cfg.filters):
-        raise UserError(f"frame {cfg.frame} must equal 2**levels = {2 ** len(cfg.filters)}")
-    if cfg.lookahead % cfg.frame:
-        raise UserError(f"lookahead {cfg.lookahead} must be a whole number of hops ({cfg.frame} samples)")
+    check_shape(cfg)
     hops_ahead = cfg.lookahead // cfg.frame
     mix = keras.Input((None, 1), name=INPUT_NAME)  # (B, T*64, 1)
 

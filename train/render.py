@@ -21,7 +21,7 @@ import soundfile as sf
 
 from ..runtime.contract import SAMPLE_RATE, TARGETS
 from ..runtime.errors import UserError
-from ..runtime.files import check_folder_arg, write_text_atomic
+from ..runtime.files import as_public_folder, check_folder_arg, write_text_atomic
 from .compose import Song, compose
 from .kits import Kit, SoundSet, render_samples, select_kits, select_soundsets
 from .mixing import produce, rms_db
@@ -265,8 +265,11 @@ def render_dataset(out: str | Path, songs: int = 6, seconds: float = 20.0, seed:
                     initial=len(plan.names) - len(jobs), desc="rendering", disable=not progress)
         for name, level in done:
             levels[name] = level
-    except BaseException:  # Ctrl-C, SIGTERM, a failed song: the songs not started are dropped
+    except BaseException as e:  # Ctrl-C, SIGTERM, a failed song: the songs not started are dropped
         pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(e, (OSError, sf.LibsndfileError)):  # writing a song: most likely a full disk
+            raise UserError(f"writing a song into {out} failed ({e}); free space there (or choose "
+                            f"another --out) and rerun: the songs already written are kept") from None
         raise
     pool.shutdown()
     tracks = {}
@@ -326,9 +329,12 @@ def _render_track(job) -> tuple[str, float]:
     stems, _ = produce(render_song(song, soundset.path, kit=kit, rng=rng), rng)
     audio = mix_stems(stems)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}-", dir=staging))
-    for stem, a in audio.items():
-        sf.write(tmp / f"{stem}.wav", a, SAMPLE_RATE, subtype="PCM_16")
+    try:
+        for stem, a in audio.items():
+            sf.write(tmp / f"{stem}.wav", a, SAMPLE_RATE, subtype="PCM_16")
+        os.replace(as_public_folder(tmp), final)
+    except BaseException:  # a full disk: free what this song took
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     d = audio["drums"].astype(np.float64)
-    level = rms_db(d) - rms_db(audio["mixture"] - d)
-    os.replace(tmp, final)
-    return final.name, level
+    return final.name, rms_db(d) - rms_db(audio["mixture"] - d)

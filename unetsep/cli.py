@@ -316,11 +316,16 @@ def needs_extra(extra: str, *modules: str) -> None:
 def _model_paths(models: list[str] | None, say=print) -> list:
     """--model arguments (names or files), or every format in the shipped model's folder that this
     install can run (the .tflite files need the litert extra; skipped, with a note, without it)."""
-    from unetsep.runtime.backends import default_model_path, litert_available, resolve_model
+    import os
+
+    from unetsep.runtime.backends import litert_available, names_a_file, resolve_model
 
     if models:
         return [resolve_model(m) for m in models]
-    folder = default_model_path().parent
+    given = os.environ.get("UNETSEP_MODEL")
+    if given and names_a_file(given):  # a file: that one, not whatever lies beside it
+        return [resolve_model(None)]
+    folder = resolve_model(None).parent
     paths = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".tflite"))
     if not litert_available() and any(p.suffix == ".tflite" for p in paths):
         say("unetsep: LiteRT is not installed: timing the .onnx models only (pip install "
@@ -339,11 +344,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unetsep.runtime.separate import model_name
     from unetsep.runtime.stream import frame_call
 
-    from unetsep.runtime.files import check_writable
+    from unetsep.runtime.files import check_figure_path, check_writable
 
-    for flag, value in (("--json", args.json), ("--plot", args.plot)):
-        if value:  # before minutes of timing, not after
-            check_writable(value, flag)
+    if args.json:  # before minutes of timing, not after
+        check_writable(args.json, "--json")
+    if args.plot:
+        check_figure_path(args.plot)
     paths = _model_paths(args.model, say=lambda m: print(m, file=sys.stderr))
     models = [load_model(p, "cpu", threads=args.threads) for p in paths]
     runs = [(m, b) for m in models for b in args.batch]
@@ -441,11 +447,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     needs_extra("train", "museval", "musdb")
     from unetsep.benchmarks.quality import evaluate
     from unetsep.runtime.backends import default_model_path, load_model, resolve_model
-    from unetsep.runtime.files import check_writable
+    from unetsep.runtime.files import check_figure_path, check_writable
 
-    for flag, value in (("--json", args.json), ("--plot", args.plot)):
-        if value:
-            check_writable(value, flag)
+    if args.json:
+        check_writable(args.json, "--json")
+    if args.plot:
+        check_figure_path(args.plot)
     # The shipped fp32 model unless --model says otherwise (the help's promise): scoring every
     # shipped format by default put the int8 model's figures in the JSON's model/median_sdr.
     paths = [resolve_model(p) for p in args.model] if args.model else [default_model_path()]
@@ -483,7 +490,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ax.set_ylabel(f"{res['target']} SDR (dB)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=110)
+        from unetsep.runtime.files import save_figure
+
+        save_figure(fig, args.plot)
+        plt.close(fig)
     return 0
 
 
@@ -499,12 +509,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_HELP = ("a shipped model's name (default, ...) or a .onnx or .tflite file (default: the shipped "
-              "model 'default')")
+def model_help() -> str:
+    from unetsep.runtime.backends import shipped_models
+
+    return (f"a shipped model's name ({', '.join(shipped_models())}) or a .onnx or .tflite file "
+            "(default: $UNETSEP_MODEL if set, else the shipped model 'default')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="unetsep", description=__doc__.splitlines()[0])
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        have = version("unetsep")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        have = "unknown (not installed)"
+    p = Parser(prog="unetsep", description="Real-time drum separation with a 1-D convolutional "
+               "U-Net, 64 samples (1.45 ms) behind the input: one subcommand per job.")
+    p.add_argument("--version", action="version", version=f"unetsep {have}")
+    MODEL_HELP = model_help()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("data", help="render the default multitrack dataset (MUSDB18-HQ layout)")
@@ -613,24 +635,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_live)
 
     b = sub.add_parser("bench", help="latency per frame of every model and backend")
-    b.add_argument("--model", "-n", action="append", help="a shipped model's name or a model file (repeat; default: every shipped format)")
+    b.add_argument("--model", "-n", action="append", help="a shipped model's name or a model file (repeat; default: every format of the "
+                   "model $UNETSEP_MODEL names, else of the shipped model 'default')")
     b.add_argument("--frames", type=frame_count, default=10000, help="timed frames per configuration (10000)")
     b.add_argument("--batch", type=stream_batch, nargs="+", default=[1, 2, 256], help="batch sizes (1 2 256)")
     b.add_argument("--threads", type=thread_count, default=1, help="intra-op threads (1)")
     b.add_argument("--keras", metavar="RUN_DIR", help="also time the Keras model of this run")
     b.add_argument("--json", help="write results here")
-    b.add_argument("--plot", help="write a latency CDF (PNG) here")
+    b.add_argument("--plot", help="write a latency CDF here (.png, .pdf or .svg)")
     b.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("evaluate", help="museval SDR of models, the mixture and oracle masks")
     q.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
     q.add_argument("--model", "-n", action="append",
                    help="a shipped model's name or a model file (repeat to compare; default: the shipped fp32 drums.onnx)")
-    q.add_argument("--target", default="drums")
+    q.add_argument("--target", default="drums", help="the stem scored (default drums)")
     q.add_argument("--tracks", type=positive_int, help="score only the first N tracks")
     q.add_argument("--seconds", type=positive_float, help="score only the first S seconds of each track")
     q.add_argument("--json", help="write results here")
-    q.add_argument("--plot", help="write SDR per track (PNG) here")
+    q.add_argument("--plot", help="write SDR per track here (.png, .pdf or .svg)")
     q.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser(
@@ -650,6 +673,7 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import errno
     import signal
     import threading
 
@@ -663,6 +687,12 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
     except UserError as e:
         print(f"unetsep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"unetsep {args.command}: error: {e.filename or 'a file'}: {e.strerror}; free space "
+              f"there or write elsewhere", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         killed = isinstance(e, Terminated)
