@@ -191,3 +191,42 @@ def test_sdr_loss_is_the_negative_sdr_and_refused_where_it_cannot_work(dataset, 
                     check=False)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert message in r.stderr.strip().splitlines()[-1] and not (tmp_path / name).exists()
+
+
+def test_widen_keeps_the_output_and_trains_on(tmp_path):
+    """train/widen.py: more GRU units, the same output (new units zeroed where the old path reads
+    them), and the first training step gives the decoder weights from the new units a value."""
+    import keras
+    import numpy as np
+
+    from unetsep.runtime.errors import UserError
+    from unetsep.train.model import UNetConfig, build_unet, compile_unet, preset
+    from unetsep.train.widen import main, widen
+
+    cfg = preset("tiny-stream")
+    model = build_unet(cfg)
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.3 if "variance" not in w.path
+                       else np.abs(rng.standard_normal(w.shape)).astype("float32") + 0.5
+                       for w in model.weights])
+    keras.saving.save_model(model, tmp_path / "m.keras")
+    (tmp_path / "config.json").write_text(cfg.to_json())
+    assert main([str(tmp_path / "m.keras"), "--config", str(tmp_path / "config.json"),
+                 "--memory-units", "12", "--out", str(tmp_path / "wide")]) == 0
+    wide_cfg = UNetConfig.from_json((tmp_path / "wide" / "config.json").read_text())
+    wide = keras.models.load_model(tmp_path / "wide" / "model.keras", compile=False)
+    assert wide_cfg.memory_units == 12 and wide.get_layer("memory").units == 12
+    x = rng.standard_normal((2, 40 * cfg.frame, 1)).astype("float32") * 0.3
+    out, wide_out = model.predict(x, verbose=0), wide.predict(x, verbose=0)
+    assert np.abs(out).max() > 1e-3  # a model that outputs something to compare
+    assert np.abs(wide_out - out).max() < 1e-5
+    new = build_unet(wide_cfg)
+    new.set_weights(wide.get_weights())
+    compile_unet(new, wide_cfg)
+    from_new_units = lambda: new.get_layer("dec1_up").get_weights()[0][:, 8:12]  # noqa: E731
+    assert not from_new_units().any()
+    x = rng.standard_normal((2, cfg.segment, 1)).astype("float32") * 0.3  # past the burn-in
+    new.fit(x, np.concatenate([x * 0.5, x], axis=-1), batch_size=2, epochs=1, verbose=0)
+    assert from_new_units().any()
+    with pytest.raises(UserError, match="must be more than"):
+        widen(model, cfg, 8)
