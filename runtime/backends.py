@@ -419,7 +419,8 @@ def names_a_file(model: str | Path) -> bool:
     if model in shipped_models():
         return False
     path = Path(model)
-    return "/" in model or os.sep in model or path.suffix in (".onnx", ".tflite") or path.is_file()
+    return ("/" in model or os.sep in model or path.suffix in (".onnx", ".tflite") or path.is_file()
+            or path.is_dir())
 
 
 def default_model_path() -> Path:

@@ -29,6 +29,8 @@ def record_format(path: str | Path, channels: int = 2, rate: int = SAMPLE_RATE) 
     """The OutputFormat of a --record path (separate's: .wav as 32-bit float, keeping every sample
     as played; .flac as 24-bit), or a UserError naming the choices or the format's limit."""
     suffix = Path(path).suffix.lower()
+    if Path(path).is_dir():
+        raise UserError(f"--record {path} is a folder; pass a file name ending in {' or '.join(SUFFIXES)}")
     if suffix not in SUFFIXES:
         raise UserError(f"--record {path}: unknown file type {suffix or '(none)'!r}; end the name in "
                         f"{' or '.join(SUFFIXES)}")

@@ -58,7 +58,7 @@ def test_renders_a_hydrogen_kit_and_an_sf2_kit(tmp_path):
     _check_sum(tmp_path / "h")
     proc = unetsep("data", "--out", tmp_path / "s", "--songs", 3, "--seconds", 3, "--kits", FLUID,
                    "--soundfonts", FLUID, "--workers", 1)
-    assert "kits: 1" in proc.stdout
+    assert "kits the songs use: 1 " in proc.stdout
     _check_sum(tmp_path / "s")
 
 

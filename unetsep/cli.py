@@ -104,10 +104,11 @@ def cmd_data(args: argparse.Namespace) -> None:
                          soundfont=args.soundfont, workers=args.workers, kits=args.kits,
                          soundfonts=args.soundfonts)
     m = json.loads((out / "manifest.json").read_text())
-    for what in ("kits", "soundfonts"):
-        used = m[what]["train"] + m[what]["heldout"]
-        print(f"{what}: {len(used)} ({len(m[what]['heldout'])} held out for test songs): "
-              f"{', '.join(used)}")
+    for what, key in (("kits", "kit"), ("soundfonts", "soundfont")):
+        used = sorted({t[key] for t in m["tracks"].values()})
+        held = sorted({t[key] for t in m["tracks"].values() if t["heldout"]})
+        print(f"{what} the songs use: {len(used)} ({len(held)} of them held out of training, for "
+              f"test songs): {', '.join(used)}")
     print(f"wrote {args.songs} songs to {out} (MUSDB18-HQ layout, manifest.json)")
 
 
@@ -275,7 +276,9 @@ def cmd_live(args: argparse.Namespace) -> int:
 
             write_text_atomic(Path(args.json), live.report_json(r))
         return stopped(r)
-    print(f"live: {path.name} ({r.provider}), {r.callbacks} callbacks of {r.blocksize} samples x "
+    from unetsep.runtime.separate import model_name
+
+    print(f"live: {model_name(path, model.info.target)} ({path.name}, {r.provider}), {r.callbacks} callbacks of {r.blocksize} samples x "
           f"{r.channels} channels in {r.seconds:.1f} s; xruns {r.xruns} "
           f"({r.xruns_after_first_second} after the first second); "
           f"callback p50 {r.callback_p50_us:.0f} us, p99 {r.callback_p99_us:.0f} us, max "
