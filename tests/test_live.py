@@ -126,7 +126,7 @@ def test_live_picks_the_shipped_models_format(jackd, tmp_path):
     for name, args in runs.items():
         r = unetsep("live", *args, "--seconds", 2, "--json", tmp_path / f"{name}.json", timeout=120)
         if name == "named":  # the summary names the model, not only its file (all are drums.*)
-            assert r.stdout.startswith("live: default-int8 (drums.int8.onnx, "), r.stdout
+            assert "live: default-int8 (drums.int8.onnx, " in r.stderr, r.stderr
     got = {n: Path(json.loads((tmp_path / f"{n}.json").read_text())["model"]).name for n in runs}
     assert got == {"auto": "drums.int8.tflite" if litert_available() else "drums.onnx",
                    "onnx": "drums.onnx", "named": "drums.int8.onnx", "path": "drums.onnx"}
