@@ -102,6 +102,49 @@ def test_fit_then_finish_gives_a_run_that_exports(packed, tmp_path):
     assert not [p for p in os.listdir(out) if "tmp" in p]
 
 
+def test_fit_killed_resumes_where_its_time_box_stood(packed, tmp_path):
+    """SIGKILL mid-fit, then the same line again: the run goes on from its last epoch (weights,
+    Adam's state, the cosine's place, the history), not from the start; a finished run or other
+    settings are refused."""
+    import signal
+    import time
+
+    out = tmp_path / "fit"
+    line = ["fit", "--bundle", packed, "--out", out, "--minutes", 0.6, "--steps", 1,
+            "--batch-size", 2, "--threads", 1, "--lr", 1e-2, "--lr-final", 1e-3]
+    proc = subprocess.Popen([sys.executable, "-m", "unetsep.train.fit_jax", *map(str, line)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        state = out / "resume.json"
+        if state.is_file() and len(json.loads(state.read_text())["rows"]) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = json.loads((out / "resume.json").read_text())
+    assert not (out / "fit.json").exists() and 2 <= len(before["rows"])
+    done = fit_jax(*line)
+    assert f"resuming {out} after epoch {len(before['rows'])}" in done.stdout
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))  # numbering goes on
+    assert [int(r["steps"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[:len(before["rows"])] == [{k: str(v) for k, v in r.items()} for r in before["rows"]]
+    resumed_at = float(rows[len(before["rows"])]["seconds"])
+    assert resumed_at > float(before["rows"][-1]["seconds"])  # the time box counts the time spent
+    lrs = [float(r["lr"]) for r in rows]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))  # one cosine, not a restart at --lr
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["resumed_after_epochs"] == [len(before["rows"])] and fit["epochs"] == len(rows)
+    refused(*line, says="finished fit")
+    other = [a if a != 1e-2 else 5e-3 for a in line]
+    other[other.index(out)] = tmp_path / "other"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "resume.json").write_text((out / "resume.json").read_text())
+    refused(*other, says="other lr")
+
+
 def refused(*args, says: str) -> None:
     proc = fit_jax(*args, check=False)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr

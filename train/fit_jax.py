@@ -6,6 +6,7 @@ Three steps, two machines:
     python -m unetsep.train.fit_jax pack --data /work/data/big --init run_or.keras \\
         --config checkpoints/stream-huge/config.json --out .gpu/bundle
     # there, with KERAS_BACKEND=jax (or any backend): time-boxed training, weights saved per epoch
+    # (killed, the same line resumes it where its time box stood)
     python -m unetsep.train.fit_jax fit --bundle .gpu/bundle --minutes 7 --out $OUT
     # here: the weights back into a run folder that `unetsep export` takes
     python -m unetsep.train.fit_jax finish --bundle .gpu/bundle --weights latest.npz \\
@@ -107,7 +108,7 @@ class _Batches:
     """Endless batches made by `threads` threads ahead of the GPU; a queue of `depth`. A thread's
     error is raised by the consumer, so training stops instead of waiting for ever."""
 
-    def __init__(self, pairs, cfg, batch_size: int, seed: int, threads: int = 8, depth: int = 16):
+    def __init__(self, pairs, cfg, batch_size: int, seed: list[int], threads: int = 8, depth: int = 16):
         import queue
 
         from . import bundle
@@ -115,7 +116,7 @@ class _Batches:
         self.q: queue.Queue = queue.Queue(depth)
 
         def work(k: int):
-            rng = np.random.default_rng([seed, k])
+            rng = np.random.default_rng([*seed, k])
             try:
                 while True:
                     self.q.put(bundle.batch(pairs, cfg.segment, batch_size, cfg.lookahead, rng))
@@ -156,6 +157,28 @@ def _device(keras) -> str:
     return keras.backend.backend()
 
 
+STATE = "resume.json"  # where a time-boxed fit stands after each epoch
+OPTIMIZER = "optimizer.npz"
+
+
+def _resume_state(out: Path, settings: dict) -> dict | None:
+    """The state a killed `fit` into `out` left (rerunning its line resumes it), None for a new
+    run; a finished run or one with other settings is refused."""
+    if (out / "fit.json").is_file():
+        raise UserError(f"{out} holds a finished fit (fit.json); pass another --out")
+    if not (out / STATE).is_file():
+        return None
+    try:
+        state = json.loads((out / STATE).read_text())
+    except ValueError as e:
+        raise UserError(f"{out / STATE} is damaged ({e}); remove {out} or pass another --out") from None
+    if state["settings"] != settings:
+        differ = [k for k in settings if state["settings"].get(k) != settings[k]]
+        raise UserError(f"{out} holds a fit with other {', '.join(differ)}; rerun its own line to "
+                        f"resume it, or pass another --out")
+    return state
+
+
 def fit_command(a) -> None:
     from . import bundle
 
@@ -174,22 +197,38 @@ def fit_command(a) -> None:
     if (manifest["target"], manifest["rate"]) != (cfg.target, cfg.sample_rate):
         raise UserError(f"{folder}: its songs are {manifest['target']} at {manifest['rate']} Hz but "
                         f"its config trains {cfg.target} at {cfg.sample_rate} Hz; pack it again")
+    settings = {"bundle": str(folder.resolve()), "minutes": a.minutes, "batch_size": a.batch_size,
+                "steps": a.steps, "lr": a.lr, "lr_final": a.lr_final, "loss": a.loss,
+                "seed": a.seed, "scratch": a.scratch}
+    state = _resume_state(out, settings)
     out.mkdir(parents=True, exist_ok=True)
     cfg = replace(cfg, batch_size=a.batch_size, learning_rate=a.lr, lr_final=a.lr_final,
                   loss=a.loss or cfg.loss)
     print(f"bundle: {len(pairs)} songs, {sum(len(t) for t, _ in pairs) / cfg.sample_rate / 60:.1f} min "
           f"in {time.time() - t0:.1f} s; Keras {keras.__version__} on {_device(keras)}", flush=True)
     model = build_unet(cfg, stock_layers=True)
-    if (folder / INIT).is_file() and not a.scratch:
+    if state:
+        _set_weights(model, _read_npz(out / "latest.npz"), out / "latest.npz")
+    elif (folder / INIT).is_file() and not a.scratch:
         _set_weights(model, _read_npz(folder / INIT), folder / INIT)
     compile_unet(model, cfg)
+    model.optimizer.build(model.trainable_variables)
+    if state:  # Adam's moments and step count as the last epoch left them
+        for v, value in zip(model.optimizer.variables, _read_npz(out / OPTIMIZER)):
+            v.assign(value)
     budget = a.minutes * 60.0
-    start = time.time()
+    # A resumed run goes on where its time box stood: the same cosine, the time already spent
+    # counted, its history kept; its batches are drawn afresh (seed and epoch) rather than replayed.
+    start = time.time() - (state["seconds"] if state else 0.0)
     seconds_per_step = cfg.batch_size * cfg.segment / cfg.sample_rate
 
-    rows: list[dict] = []
-    saved_half = False
-    steps = 0
+    rows: list[dict] = state["rows"] if state else []
+    saved_half = bool(state and state["saved_half"])
+    steps = state["steps"] if state else 0
+    resumed = [*state["resumed"], len(rows)] if state else []  # after which epochs it was resumed
+    if state:
+        print(f"resuming {out} after epoch {len(rows)} ({state['seconds'] / 60:.1f} of {a.minutes} "
+              f"min, {steps} steps)", flush=True)
 
     class TimeBox(keras.callbacks.Callback):
         # Not async_safe: with it, Keras ran on_train_batch_end on a thread pool, and on JAX a lent
@@ -217,19 +256,26 @@ def fit_command(a) -> None:
                    **{k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"}}
             rows.append(row)
             _save_npz(out / "latest.npz", self.model.get_weights())
+            _save_npz(out / OPTIMIZER, [v.numpy() for v in self.model.optimizer.variables])
             if not saved_half and elapsed > budget / 2:
                 _save_npz(out / "half.npz", self.model.get_weights())
                 saved_half = True
             write_text_atomic(out / "history.csv", _csv(rows))
+            # last: what a resume reads, so it never points past the weights written above
+            write_text_atomic(out / STATE, json.dumps({
+                "settings": settings, "seconds": elapsed, "steps": steps, "rows": rows,
+                "saved_half": saved_half, "resumed": resumed}))
             print(json.dumps(row), flush=True)
 
-    data = _Batches(pairs, cfg, cfg.batch_size, a.seed, a.threads)
-    model.fit(iter(data), steps_per_epoch=a.steps, epochs=10 ** 6, verbose=0, callbacks=[TimeBox()])
+    data = _Batches(pairs, cfg, cfg.batch_size, [a.seed, len(rows)] if rows else [a.seed], a.threads)
+    if not state or time.time() - start <= budget:
+        model.fit(iter(data), steps_per_epoch=a.steps, epochs=10 ** 6, initial_epoch=len(rows),
+                  verbose=0, callbacks=[TimeBox()])
     write_text_atomic(out / "fit.json", json.dumps({
         "batch_size": cfg.batch_size, "steps_per_epoch": a.steps, "lr": a.lr, "lr_final": a.lr_final,
         "loss": cfg.loss, "minutes": a.minutes, "seed": a.seed, "scratch": a.scratch,
         "bundle": bundle.summary(manifest),
-        "epochs": len(rows), "wall_s": round(time.time() - start, 1),
+        "epochs": len(rows), "wall_s": round(time.time() - start, 1), "resumed_after_epochs": resumed,
         "backend": keras.backend.backend(), "keras": keras.__version__, "device": _device(keras)},
         indent=1))
     print(f"done: {len(rows)} epochs in {time.time() - start:.0f} s", flush=True)
