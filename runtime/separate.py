@@ -178,21 +178,45 @@ class _Source:
     """The input file as `_stream` reads it, counting what it reads: a decode error becomes a
     one-line UserError naming the file, and the count tells a silent or cut-short file."""
 
+    SALVAGE_FRAMES = 1024  # after a decode error, what decodes is read back in pieces this long
+
     def __init__(self, sf_file, path: Path):
         self.file, self.path = sf_file, path
         self.read_frames, self.peak = 0, 0.0
+        self.broken: str | None = None  # the decoder's error, once it stopped in the middle
 
     def __getattr__(self, name):
         return getattr(self.file, name)
 
-    def read(self, *args, **kw) -> np.ndarray:
+    def read(self, frames: int, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
         import soundfile as sf
 
+        errors = (sf.LibsndfileError, RuntimeError, OSError, ValueError)
+        if self.broken:
+            return np.zeros((0, self.file.channels), dtype)
         try:
-            x = self.file.read(*args, **kw)
-        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-            raise UserError(f"cannot decode {self.path} after {self.read_frames} samples "
-                            f"({cause_of(e)}): the file is damaged or cut short; repair or re-export it") from None
+            x = self.file.read(frames, dtype=dtype, always_2d=always_2d)
+        except errors as e:
+            # A cut-short FLAC fails a whole block at its cut ("lost sync"), and its decoder cannot
+            # seek afterwards: a fresh one reads on from here in small pieces until it fails too,
+            # so the audio before the cut is kept (the caller pads the rest, as for a short WAV).
+            self.broken = cause_of(e)
+            parts = []
+            try:
+                with sf.SoundFile(os.fsencode(self.path)) as again:
+                    again.seek(self.read_frames)
+                    while sum(map(len, parts)) < frames:
+                        part = again.read(min(self.SALVAGE_FRAMES, frames - sum(map(len, parts))),
+                                          dtype=dtype, always_2d=always_2d)
+                        if not len(part):
+                            break
+                        parts.append(part)
+            except errors:
+                pass
+            if not parts and not self.read_frames:
+                raise UserError(f"cannot decode {self.path} ({self.broken}): the file is damaged or "
+                                f"cut short; repair or re-export it") from None
+            x = np.concatenate(parts) if parts else np.zeros((0, self.file.channels), dtype)
         self.read_frames += len(x)
         if len(x) and np.isfinite(x).all():  # _stream itself rejects NaN and infinities
             self.peak = max(self.peak, float(np.abs(x).max()))
@@ -358,8 +382,9 @@ def separate_file(path: Path, model, out_root: Path, progress=None, name: str | 
                     break
             raise
     if source.read_frames < total:
+        why = f"decoding stopped there: {source.broken}" if source.broken else "cut short?"
         say(f"unetsep separate: warning: {path} holds {source.read_frames} of the {total} samples its "
-            f"header announces (cut short?); the stems are padded with silence to {total}")
+            f"header announces ({why}); the stems are padded with silence to {total}")
     if source.peak == 0.0:
         say(f"unetsep separate: warning: {path} is silent (all samples are zero); wrote silent stems")
     for w in writers:
