@@ -27,7 +27,7 @@ from ..runtime.backends import LiteRTModel, OrtModel, metadata_path
 from ..runtime.contract import FORMATS, ModelInfo
 from ..runtime.errors import UserError
 from ..runtime.files import as_public_folder
-from ..runtime.measures import sdr_only, snr_db, time_model
+from ..runtime.measures import snr_db, target_sdr, time_model
 from ..runtime.separate import estimate, separate_array
 from ..runtime.stream import stream_blocks
 from .convert import load_run, model_info, ort_int8, stream_calibration, tf2onnx_raw, tflite_variants
@@ -187,7 +187,7 @@ class CheckAudio:
     streaming: bool
 
     def sdr(self, estimate: np.ndarray) -> float:
-        return sdr_only(self.target, estimate, self.rate)
+        return target_sdr(self.mix, self.target, estimate, self.rate, sir_sar=False)["sdr"]
 
 
 def p50_us(m) -> float:

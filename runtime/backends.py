@@ -407,8 +407,20 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
 
 
 def _model_arg(model: str | Path | None) -> str | Path:
-    """--model as the user chose it: given, else $UNETSEP_MODEL (a name or a path), else `default`."""
-    return model or os.environ.get("UNETSEP_MODEL") or DEFAULT_MODEL
+    """--model as the user chose it: given, else $UNETSEP_MODEL (a name or a path; a value that
+    names nothing is refused naming the variable), else `default`."""
+    if model:
+        return model
+    name = os.environ.get("UNETSEP_MODEL")
+    if not name:
+        return DEFAULT_MODEL
+    if names_a_file(name) and not Path(name).exists():
+        raise UserError(f"UNETSEP_MODEL={name}: no such file; set it to a .onnx or .tflite file "
+                        f"or a shipped model's name ({', '.join(shipped_models())}), or unset it")
+    if not names_a_file(name) and name not in shipped_models():
+        raise UserError(f"UNETSEP_MODEL={name}: no shipped model of that name (shipped: "
+                        f"{', '.join(shipped_models())}); set it to one or to a model file, or unset it")
+    return name
 
 
 def names_a_file(model: str | Path) -> bool:
@@ -432,13 +444,6 @@ def resolve_model(model: str | Path | None) -> Path:
     """--model as given: an existing file, a shipped model's name (`default`, `seed`), or None
     for the default. A path that names no file is reported by load_model."""
     name = _model_arg(model)
-    if model is None and name != DEFAULT_MODEL:  # from $UNETSEP_MODEL: a bad value names it
-        if names_a_file(name) and not Path(name).exists():
-            raise UserError(f"UNETSEP_MODEL={name}: no such file; set it to a .onnx or .tflite file "
-                            f"or a shipped model's name ({', '.join(shipped_models())}), or unset it")
-        if not names_a_file(name) and name not in shipped_models():
-            raise UserError(f"UNETSEP_MODEL={name}: no shipped model of that name (shipped: "
-                            f"{', '.join(shipped_models())}); set it to one or to a model file, or unset it")
     return Path(name) if names_a_file(name) else shipped_model(str(name))
 
 

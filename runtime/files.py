@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -36,12 +38,33 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
+def in_place(path: Path) -> bool:
+    """Whether `path` is written in place rather than replaced: a FIFO or a device, or a name
+    under /dev or /proc (/dev/stdout may lead to a plain file the shell opened, which a rename
+    would replace, losing what was and will be printed to it)."""
+    path = Path(path)
+    return (path.is_absolute() and path.parts[1:2] in (("dev",), ("proc",))
+            or (path.exists() and not path.is_file()))
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp) on a temporary path beside `path` (atomic_temp), then rename it over
     `path`. A symlink keeps pointing where it did (its target is replaced); a FIFO or a device
     (/dev/stdout) is written to directly: a rename would replace it by a plain file."""
     path = Path(path)
-    if path.exists() and not path.is_file():
+    stream = {"/dev/stdout": sys.stdout, "/dev/stderr": sys.stderr}.get(str(path))
+    if stream is not None:  # through the stream this process has open: opening the name again
+        with tempfile.TemporaryDirectory() as tmp:  # would truncate a file the shell redirected to
+            write(Path(tmp) / f"out{path.suffix}")
+            data = (Path(tmp) / f"out{path.suffix}").read_bytes()
+            stream.flush()
+            if hasattr(stream, "buffer"):
+                stream.buffer.write(data)
+            else:  # replaced by a text stream (contextlib.redirect_stdout)
+                stream.write(data.decode(errors="replace"))
+            stream.flush()
+        return
+    if in_place(path):
         write(path)
         return
     path = Path(os.path.realpath(path))
@@ -57,8 +80,12 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
 def as_public_folder(path: Path) -> Path:
     """Give a folder made by tempfile.mkdtemp (mode 0700, private) the mode a plain mkdir would
     (0777 less the umask) before it is renamed into place as a result others may read."""
-    umask = os.umask(0)
-    os.umask(umask)
+    try:  # Linux says it without changing it (os.umask would, for every thread, for a moment)
+        status = Path("/proc/self/status").read_text()
+        umask = int(re.search(r"^Umask:\s*([0-7]+)", status, re.M).group(1), 8)
+    except (OSError, AttributeError):
+        umask = os.umask(0)
+        os.umask(umask)
     os.chmod(path, 0o777 & ~umask)
     return path
 
@@ -205,7 +232,7 @@ def check_writable(path: str | Path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; pass a file path")
-    if path.exists() and not path.is_file():  # a FIFO or a device: written in place
+    if in_place(path) and path.exists():  # a FIFO, a device, /dev/stdout: written in place
         if not os.access(path, os.W_OK):
             raise UserError(f"{flag} {path} is not writable; choose another path")
         return

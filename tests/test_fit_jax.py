@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -115,14 +116,16 @@ def test_fit_killed_resumes_where_its_time_box_stood(packed, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "unetsep.train.fit_jax", *map(str, line)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        state = out / "resume.json"
-        if state.is_file() and len(json.loads(state.read_text())["rows"]) >= 2:
-            break
+    from unetsep.train.fit_jax import _read_resume
+
+    def state() -> dict:
+        return _read_resume(out / "resume.npz")[0] if (out / "resume.npz").is_file() else {"rows": []}
+
+    while time.time() < deadline and proc.poll() is None and len(state()["rows"]) < 2:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = json.loads((out / "resume.json").read_text())
+    before = state()
     assert not (out / "fit.json").exists() and 2 <= len(before["rows"])
     done = fit_jax(*line)
     assert f"resuming {out} after epoch {len(before['rows'])}" in done.stdout
@@ -141,7 +144,7 @@ def test_fit_killed_resumes_where_its_time_box_stood(packed, tmp_path):
     other = [a if a != 1e-2 else 5e-3 for a in line]
     other[other.index(out)] = tmp_path / "other"
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "resume.json").write_text((out / "resume.json").read_text())
+    shutil.copy(out / "resume.npz", tmp_path / "other" / "resume.npz")
     refused(*other, says="other lr")
 
 

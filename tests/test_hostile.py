@@ -339,6 +339,13 @@ def test_names_and_paths_of_models_and_outputs(shipped, tmp_path, monkeypatch):
     assert (tmp_path / "link.json").is_symlink()  # its target was written, the link kept
     assert json.loads((tmp_path / "target.json").read_text())["results"]
     assert (tmp_path / "b.svg").read_text().lstrip().startswith("<?xml")
+    # /dev/stdout redirected by the shell to a file: written through, nothing before or after lost
+    script = ("print('before'); from unetsep.runtime.files import write_text_atomic; "
+              "write_text_atomic('/dev/stdout', 'JSON\\n'); print('after')")
+    (tmp_path / "o.txt").write_text("first\n")
+    with open(tmp_path / "o.txt", "a") as out:
+        subprocess.run([sys.executable, "-c", script], stdout=out, check=True, env=ENV)
+    assert (tmp_path / "o.txt").read_text() == "first\nbefore\nJSON\nafter\n"
     clip = 0.1 * np.random.default_rng(0).standard_normal((RATE // 4, 2))
     names = ["..wav", "...wav", b"bad\xff.wav".decode(errors="surrogateescape")]
     for name in names:

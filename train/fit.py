@@ -15,6 +15,7 @@ files intact; the same command then resumes after the last finished epoch. Under
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -336,7 +337,8 @@ def train(data: str | Path, out: str | Path, **kwargs) -> Path:
         return _train(data, out, **kwargs)
     except BaseException:
         if not existed and run.is_dir() and not any(run.iterdir()):
-            run.rmdir()
+            with contextlib.suppress(OSError):  # the error that ended the run is the one to tell
+                run.rmdir()
         raise
 
 

@@ -157,21 +157,36 @@ def _device(keras) -> str:
     return keras.backend.backend()
 
 
-STATE = "resume.json"  # where a time-boxed fit stands after each epoch
-OPTIMIZER = "optimizer.npz"
+RESUME = "resume.npz"  # after each epoch: the weights, Adam's variables and where the fit stands
+
+
+def _save_resume(path: Path, weights: list, optimizer: list, state: dict) -> None:
+    """One file, written atomically, so the weights, the optimizer and the state always agree."""
+    arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
+    arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer)})
+    write_atomic(path, lambda tmp: np.savez(tmp, state=np.array(json.dumps(state)), **arrays))
+
+
+def _read_resume(path: Path) -> tuple[dict, list, list]:
+    """(state, weights, optimizer variables) that _save_resume wrote."""
+    with np.load(path) as z:
+        count = lambda p: sum(1 for k in z.files if k[0] == p and k[1:].isdigit())  # noqa: E731
+        return (json.loads(str(z["state"])), [z[f"w{i}"] for i in range(count("w"))],
+                [z[f"o{i}"] for i in range(count("o"))])
 
 
 def _resume_state(out: Path, settings: dict) -> dict | None:
-    """The state a killed `fit` into `out` left (rerunning its line resumes it), None for a new
-    run; a finished run or one with other settings is refused."""
+    """The state a killed `fit` into `out` left (rerunning its line resumes it), with its weights
+    and optimizer variables; None for a new run; a finished run or other settings are refused."""
     if (out / "fit.json").is_file():
         raise UserError(f"{out} holds a finished fit (fit.json); pass another --out")
-    if not (out / STATE).is_file():
+    if not (out / RESUME).is_file():
         return None
     try:
-        state = json.loads((out / STATE).read_text())
-    except ValueError as e:
-        raise UserError(f"{out / STATE} is damaged ({e}); remove {out} or pass another --out") from None
+        state, weights, optimizer = _read_resume(out / RESUME)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{out / RESUME} is damaged ({e}); remove {out} or pass another --out") from None
+    state.update(weights=weights, optimizer=optimizer)
     if state["settings"] != settings:
         differ = [k for k in settings if state["settings"].get(k) != settings[k]]
         raise UserError(f"{out} holds a fit with other {', '.join(differ)}; rerun its own line to "
@@ -208,13 +223,16 @@ def fit_command(a) -> None:
           f"in {time.time() - t0:.1f} s; Keras {keras.__version__} on {_device(keras)}", flush=True)
     model = build_unet(cfg, stock_layers=True)
     if state:
-        _set_weights(model, _read_npz(out / "latest.npz"), out / "latest.npz")
+        _set_weights(model, state["weights"], out / RESUME)
     elif (folder / INIT).is_file() and not a.scratch:
         _set_weights(model, _read_npz(folder / INIT), folder / INIT)
     compile_unet(model, cfg)
     model.optimizer.build(model.trainable_variables)
     if state:  # Adam's moments and step count as the last epoch left them
-        for v, value in zip(model.optimizer.variables, _read_npz(out / OPTIMIZER)):
+        if len(state["optimizer"]) != len(model.optimizer.variables):
+            raise UserError(f"{out / RESUME} holds {len(state['optimizer'])} optimizer variables, "
+                            f"this model's Adam {len(model.optimizer.variables)}; pass another --out")
+        for v, value in zip(model.optimizer.variables, state["optimizer"]):
             v.assign(value)
     budget = a.minutes * 60.0
     # A resumed run goes on where its time box stood: the same cosine, the time already spent
@@ -255,16 +273,15 @@ def fit_command(a) -> None:
                    "lr": float(self.model.optimizer.learning_rate.numpy()),
                    **{k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"}}
             rows.append(row)
-            _save_npz(out / "latest.npz", self.model.get_weights())
-            _save_npz(out / OPTIMIZER, [v.numpy() for v in self.model.optimizer.variables])
+            weights = self.model.get_weights()
+            _save_npz(out / "latest.npz", weights)
             if not saved_half and elapsed > budget / 2:
-                _save_npz(out / "half.npz", self.model.get_weights())
+                _save_npz(out / "half.npz", weights)
                 saved_half = True
             write_text_atomic(out / "history.csv", _csv(rows))
-            # last: what a resume reads, so it never points past the weights written above
-            write_text_atomic(out / STATE, json.dumps({
-                "settings": settings, "seconds": elapsed, "steps": steps, "rows": rows,
-                "saved_half": saved_half, "resumed": resumed}))
+            _save_resume(out / RESUME, weights, [v.numpy() for v in self.model.optimizer.variables],
+                         {"settings": settings, "seconds": elapsed, "steps": steps, "rows": rows,
+                          "saved_half": saved_half, "resumed": resumed})
             print(json.dumps(row), flush=True)
 
     data = _Batches(pairs, cfg, cfg.batch_size, [a.seed, len(rows)] if rows else [a.seed], a.threads)

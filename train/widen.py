@@ -5,8 +5,7 @@ training goes on from where the model is with more capacity instead of starting 
         --memory-units 384 --out runs/wide
 
 writes runs/wide/{model.keras, config.json}: `fit_jax pack --config runs/wide/config.json
---init runs/wide/model.keras` (or `unetsep train --init runs/wide/model.keras` with a matching
-preset) trains it on.
+--init runs/wide/model.keras` trains it on (`unetsep train` has no preset of that width).
 
 The new units start with the random input weights a fresh model would have, and two sets of
 zeros keep the output exact: their rows of the recurrent kernel (the old units do not hear them)
@@ -19,6 +18,7 @@ exact for a GRU, whose gates are per unit.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,6 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-units", type=int, required=True, help="GRU units of the wider model")
     p.add_argument("--out", required=True, help="folder for model.keras and config.json")
     a = p.parse_args(argv)
+    try:
+        _widen_command(a)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _widen_command(a) -> None:
     import keras
 
     from ..runtime.files import write_atomic
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     wide, wide_cfg = widen(model, cfg, a.memory_units)
     x = np.random.default_rng(0).standard_normal((2, 64 * cfg.frame, 1)).astype("float32") * 0.1
     err = float(np.abs(wide.predict(x, verbose=0) - model.predict(x, verbose=0)).max())
+    if not err <= 1e-4:  # export's float32 tolerance: a wider model that is not the same one
+        raise UserError(f"the widened model's output differs by {err:.1e} on noise; not written")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     wide_cfg = replace(wide_cfg, extra={**wide_cfg.extra, "widened_from": str(Path(a.model).resolve()),
@@ -105,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory {cfg.memory_units} -> {a.memory_units} units, {model.count_params():,} -> "
           f"{wide.count_params():,} parameters; output max |difference| {err:.1e} on 64 hops of noise; "
           f"wrote {out}/model.keras and config.json")
-    return 0
 
 
 if __name__ == "__main__":

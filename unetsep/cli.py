@@ -106,7 +106,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     m = json.loads((out / "manifest.json").read_text())
     for what, key in (("kits", "kit"), ("soundfonts", "soundfont")):
         used = sorted({t[key] for t in m["tracks"].values()})
-        held = sorted({t[key] for t in m["tracks"].values() if t["heldout"]})
+        held = sorted(set(used) & set(m[what]["heldout"]))  # with one sound set, none is held out
         print(f"{what} the songs use: {len(used)} ({len(held)} of them held out of training, for "
               f"test songs): {', '.join(used)}")
     print(f"wrote {args.songs} songs to {out} (MUSDB18-HQ layout, manifest.json)")

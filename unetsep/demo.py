@@ -63,7 +63,7 @@ def separate_into(model, mix: np.ndarray, ref: np.ndarray, rate: int,
     """Separate `mix` (samples, channels) in file mode, write mixture, target and no_target WAVs into
     `dest` (each atomically), and score the estimate against `ref`: (SDR, the mixture's own SDR as
     the floor, seconds the separation took)."""
-    from unetsep.runtime.measures import sdr_only
+    from unetsep.runtime.measures import mixture_sdr, target_sdr
     from unetsep.runtime.separate import estimate
 
     target = model.info.target
@@ -73,7 +73,8 @@ def separate_into(model, mix: np.ndarray, ref: np.ndarray, rate: int,
     dest.mkdir(parents=True, exist_ok=True)
     for stem, audio in (("mixture", mix), (target, est), (f"no_{target}", mix - est)):
         write_wav_atomic(dest / f"{stem}.wav", audio, rate)
-    return sdr_only(ref, est, rate), sdr_only(ref, mix, rate), took
+    return (target_sdr(mix, ref, est, rate, sir_sar=False)["sdr"],
+            mixture_sdr(mix, ref, rate, sir_sar=False)["sdr"], took)
 
 
 def real_recording(model, out: Path, say) -> str | None:
