@@ -39,12 +39,26 @@ def glob_escape(text: str) -> str:
 
 
 def in_place(path: Path) -> bool:
-    """Whether `path` is written in place rather than replaced: a FIFO or a device, or a name
-    under /dev or /proc (/dev/stdout may lead to a plain file the shell opened, which a rename
-    would replace, losing what was and will be printed to it)."""
+    """Whether `path` is written in place rather than replaced by a rename: a FIFO or a device."""
     path = Path(path)
-    return (path.is_absolute() and path.parts[1:2] in (("dev",), ("proc",))
-            or (path.exists() and not path.is_file()))
+    return path.exists() and not path.is_file()
+
+
+def std_stream(path: Path):
+    """sys.stdout or sys.stderr when `path` is the file it writes to (/dev/stdout, /dev/fd/1, a
+    link to them: whatever the shell redirected it to, a plain file too), else None. Opening such
+    a name again would truncate that file, and a rename would replace it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if os.path.samestat(st, os.fstat(stream.fileno())):
+                return stream
+        except (AttributeError, OSError, ValueError):  # a replaced stream without a descriptor
+            continue
+    return None
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -52,7 +66,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     `path`. A symlink keeps pointing where it did (its target is replaced); a FIFO or a device
     (/dev/stdout) is written to directly: a rename would replace it by a plain file."""
     path = Path(path)
-    stream = {"/dev/stdout": sys.stdout, "/dev/stderr": sys.stderr}.get(str(path))
+    stream = std_stream(path)
     if stream is not None:  # through the stream this process has open: opening the name again
         with tempfile.TemporaryDirectory() as tmp:  # would truncate a file the shell redirected to
             write(Path(tmp) / f"out{path.suffix}")
@@ -232,7 +246,7 @@ def check_writable(path: str | Path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; pass a file path")
-    if in_place(path) and path.exists():  # a FIFO, a device, /dev/stdout: written in place
+    if in_place(path) or std_stream(path):  # a FIFO, a device, this process's stdout: in place
         if not os.access(path, os.W_OK):
             raise UserError(f"{flag} {path} is not writable; choose another path")
         return

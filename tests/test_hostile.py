@@ -342,10 +342,13 @@ def test_names_and_paths_of_models_and_outputs(shipped, tmp_path, monkeypatch):
     # /dev/stdout redirected by the shell to a file: written through, nothing before or after lost
     script = ("print('before'); from unetsep.runtime.files import write_text_atomic; "
               "write_text_atomic('/dev/stdout', 'JSON\\n'); print('after')")
-    (tmp_path / "o.txt").write_text("first\n")
-    with open(tmp_path / "o.txt", "a") as out:
-        subprocess.run([sys.executable, "-c", script], stdout=out, check=True, env=ENV)
-    assert (tmp_path / "o.txt").read_text() == "first\nbefore\nJSON\nafter\n"
+    (tmp_path / "stdout.json").symlink_to("/dev/stdout")
+    for name in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", str(tmp_path / "stdout.json")):
+        (tmp_path / "o.txt").write_text("first\n")
+        with open(tmp_path / "o.txt", "a") as out:
+            subprocess.run([sys.executable, "-c", script.replace("/dev/stdout", name)], stdout=out,
+                           check=True, env=ENV)
+        assert (tmp_path / "o.txt").read_text() == "first\nbefore\nJSON\nafter\n", name
     clip = 0.1 * np.random.default_rng(0).standard_normal((RATE // 4, 2))
     names = ["..wav", "...wav", b"bad\xff.wav".decode(errors="surrogateescape")]
     for name in names:

@@ -24,6 +24,7 @@ import json
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def _resume_state(out: Path, settings: dict) -> dict | None:
         return None
     try:
         state, weights, optimizer = _read_resume(out / RESUME)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{out / RESUME} is damaged ({e}); remove {out} or pass another --out") from None
     state.update(weights=weights, optimizer=optimizer)
     if state["settings"] != settings:
