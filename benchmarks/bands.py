@@ -130,7 +130,7 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from ..runtime.backends import open_model
     from ..runtime.errors import UserError
-    from ..runtime.files import check_figure_path, check_writable, write_text_atomic
+    from ..runtime.files import check_report_paths, write_text_atomic
 
     p = argparse.ArgumentParser(prog="python -m unetsep.benchmarks.bands", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="musdb-layout folder (its test split is scored)")
@@ -141,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", help="write a bar chart here (.png, .pdf or .svg)")
     args = p.parse_args(argv)
     try:
-        if args.json:
-            check_writable(args.json, "--json")
-        if args.plot:
-            check_figure_path(args.plot)
+        check_report_paths(args.json, args.plot)
         say = lambda m: print(m, file=sys.stderr)  # noqa: E731
         models = [open_model(m, "cpu", threads=2, say=say) for m in (args.model or [None])]
         res = run(args.data, models, args.tracks, args.seconds, progress=lambda n: say(f"scored {n}"))

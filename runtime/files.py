@@ -2,6 +2,7 @@
 the new one, never half of one; a failed write leaves no temporary behind."""
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -26,16 +27,12 @@ def clear_stale_temps(path: Path) -> list[str]:
     path = Path(path)
     stale = re.compile(rf"^\.{re.escape(path.stem)}\.(\d+)\.tmp{re.escape(path.suffix)}$")
     gone = []
-    for p in path.parent.glob(f".{glob_escape(path.stem)}.*.tmp{glob_escape(path.suffix)}"):
+    for p in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"):
         m = stale.match(p.name)
         if m and not _alive(int(m.group(1))):
             p.unlink(missing_ok=True)
             gone.append(p.name)
     return gone
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def in_place(path: Path) -> bool:
@@ -105,6 +102,14 @@ def as_public_folder(path: Path) -> Path:
 
 
 FIGURE_TYPES = (".png", ".pdf", ".svg")
+
+
+def check_report_paths(json_path: str | Path | None, plot_path: str | Path | None) -> None:
+    """--json and --plot of a command that works for minutes first: checked before that work."""
+    if json_path:
+        check_writable(json_path, "--json")
+    if plot_path:
+        check_figure_path(plot_path)
 
 
 def check_figure_path(path: str | Path, flag: str = "--plot") -> None:

@@ -201,16 +201,17 @@ class _Source:
             # seek afterwards: a fresh one reads on from here in small pieces until it fails too,
             # so the audio before the cut is kept (the caller pads the rest, as for a short WAV).
             self.broken = cause_of(e)
-            parts = []
+            parts, got = [], 0
             try:
                 with sf.SoundFile(os.fsencode(self.path)) as again:
                     again.seek(self.read_frames)
-                    while sum(map(len, parts)) < frames:
-                        part = again.read(min(self.SALVAGE_FRAMES, frames - sum(map(len, parts))),
-                                          dtype=dtype, always_2d=always_2d)
+                    while got < frames:
+                        part = again.read(min(self.SALVAGE_FRAMES, frames - got), dtype=dtype,
+                                          always_2d=always_2d)
                         if not len(part):
                             break
                         parts.append(part)
+                        got += len(part)
             except errors:
                 pass
             if not parts and not self.read_frames:

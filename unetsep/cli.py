@@ -278,7 +278,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         return stopped(r)
     from unetsep.runtime.separate import model_name
 
-    print(f"live: {model_name(path, model.info.target)} ({path.name}, {r.provider}), {r.callbacks} callbacks of {r.blocksize} samples x "
+    print(f"live: {model_name(path, model.info.target)} ({path.name}, {r.provider}), {r.callbacks} "
+          f"callbacks of {r.blocksize} samples x "
           f"{r.channels} channels in {r.seconds:.1f} s; xruns {r.xruns} "
           f"({r.xruns_after_first_second} after the first second); "
           f"callback p50 {r.callback_p50_us:.0f} us, p99 {r.callback_p99_us:.0f} us, max "
@@ -347,12 +348,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unetsep.runtime.separate import model_name
     from unetsep.runtime.stream import frame_call
 
-    from unetsep.runtime.files import check_figure_path, check_writable
+    from unetsep.runtime.files import check_report_paths
 
-    if args.json:  # before minutes of timing, not after
-        check_writable(args.json, "--json")
-    if args.plot:
-        check_figure_path(args.plot)
+    check_report_paths(args.json, args.plot)  # before minutes of timing, not after
     paths = _model_paths(args.model, say=lambda m: print(m, file=sys.stderr))
     models = [load_model(p, "cpu", threads=args.threads) for p in paths]
     runs = [(m, b) for m in models for b in args.batch]
@@ -450,12 +448,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     needs_extra("train", "museval", "musdb")
     from unetsep.benchmarks.quality import evaluate
     from unetsep.runtime.backends import default_model_path, load_model, resolve_model
-    from unetsep.runtime.files import check_figure_path, check_writable
+    from unetsep.runtime.files import check_report_paths
 
-    if args.json:
-        check_writable(args.json, "--json")
-    if args.plot:
-        check_figure_path(args.plot)
+    check_report_paths(args.json, args.plot)
     # The shipped fp32 model unless --model says otherwise (the help's promise): scoring every
     # shipped format by default put the int8 model's figures in the JSON's model/median_sdr.
     paths = [resolve_model(p) for p in args.model] if args.model else [default_model_path()]
