@@ -107,11 +107,24 @@ def test_train_bad_data_never_imports_tensorflow(tmp_path):
 
 
 def test_tensorflow_start_up_lines_stay_off_the_terminal(dataset, tmp_path):
-    """An error found after TensorFlow is imported (an unknown preset) is still the only line: the
-    absl/oneDNN start-up lines that TF_CPP_MIN_LOG_LEVEL does not filter are kept away."""
-    proc = unetsep("train", "--data", dataset, "--preset", "huge", "--out", tmp_path / "r",
-                   check=False, timeout=300)
-    one_line_error(proc.returncode, proc.stderr, "huge")
+    """An error found after TensorFlow is imported (a loss the preset cannot use) is still the only
+    line: the absl/oneDNN start-up lines that TF_CPP_MIN_LOG_LEVEL does not filter are kept away."""
+    proc = unetsep("train", "--data", dataset, "--preset", "seed", "--loss", "sdr", "--out",
+                   tmp_path / "r", check=False, timeout=300)
+    one_line_error(proc.returncode, proc.stderr, "streaming preset")
+
+
+@pytest.mark.parametrize("flag,value", [("--preset", "huge"), ("--loss", "l2")])
+def test_unknown_preset_or_loss_is_refused_before_tensorflow(flag, value, tmp_path):
+    """The names come from train/config.py, which does not import TensorFlow: a typo costs no
+    5 s start-up, and the line lists the names there are."""
+    code = ("import sys; from unetsep.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules, 'tf imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--data", str(tmp_path), flag, value,
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True, env=ENV,
+                          timeout=120)
+    one_line_error(proc.returncode, proc.stderr, f"invalid choice: '{value}'")
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("argv,flag", [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from unetsep.runtime.contract import FORMATS, MAX_CHANNELS
 from unetsep.runtime.errors import Terminated, UserError
+from unetsep.train.config import LOSSES, PRESETS  # TensorFlow-free: checked before it loads
 
 
 class Parser(argparse.ArgumentParser):
@@ -546,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the U-Net on a MUSDB18-layout folder")
     t.add_argument("--data", required=True, help="MUSDB18, MUSDB18-HQ or 'unetsep data' folder")
     t.add_argument("--target", default="drums", help="drums (default), bass, other or vocals")
-    t.add_argument("--preset", default="seed", help="architecture preset: seed (default, frame by frame), stream (causal, with memory), tiny, tiny-stream")
+    t.add_argument("--preset", default="seed", choices=list(PRESETS),
+                   help="architecture preset: seed (default, frame by frame), stream (causal, with "
+                   "memory), tiny, tiny-stream")
     t.add_argument("--epochs", type=positive_int, help="epochs (default: the preset's, 40)")
     t.add_argument("--batch-size", type=positive_int, help="frames per batch (default 512)")
     t.add_argument("--steps", type=positive_int, help="steps per epoch (default: one pass over the data)")
@@ -560,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-final", type=positive_float, metavar="LR",
                    help="learning rate of the last epoch, reached by a cosine from --lr "
                         "(default: constant); may be added when resuming a run with more --epochs")
-    t.add_argument("--loss", metavar="LOSS",
+    t.add_argument("--loss", metavar="LOSS", choices=LOSSES,
                    help="mae (the seed's), nmae (MAE over the mixture's level; the stream preset's) "
                         "or sdr (stream presets: negative SDR per segment in dB)")
     t.add_argument("--out", default="runs/default", help="run directory (default runs/default); "
