@@ -143,6 +143,15 @@ def test_numeric_flags_are_checked_at_the_parser(argv, flag, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [["separate", "--bogus", "x.wav"], ["bench", "--frames", "3", "zz"]])
+def test_an_unknown_flag_is_named_with_its_command(argv, tmp_path, monkeypatch):
+    """The line says `unetsep separate: ... see 'unetsep separate --help'`, where the flags are."""
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(*run_main(*argv), f"unetsep {argv[0]}: error: unrecognized arguments: "
+                          f"{argv[-1] if argv[-1] == 'zz' else '--bogus'}", f"unetsep {argv[0]} --help")
+    assert "Traceback" not in line and list(tmp_path.iterdir()) == []
+
+
 def test_bench_checks_its_outputs_before_timing(onnx, tmp_path):
     (tmp_path / "file").write_text("a regular file")
     t = time.perf_counter()

@@ -664,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--out", default="separated", help="output root (default separated/)")
     m.add_argument("--seconds", type=demo_seconds, default=20.0, help="song length (default 20)")
     m.set_defaults(func=cmd_demo)
+    p.commands = sub.choices  # for main: an unknown flag is named with its command's usage
     return p
 
 
@@ -678,7 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own parser says it, so the line names `unetsep separate`, not `unetsep`
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     # SIGTERM as Ctrl-C, for this command only: the handler before it is put back afterwards
     # (main may be called as a library function, and signal handlers belong to the main thread).
     previous = None
