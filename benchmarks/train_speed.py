@@ -17,6 +17,8 @@ import os
 import statistics
 import time
 
+from unetsep.train.config import PRESETS, preset  # TensorFlow-free: a bad --preset is refused at once
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -27,16 +29,16 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--stock-steps", type=int, default=2, help="batches per round for the slow stock model")
     p.add_argument("--data", help="also time the disk pipeline from this dataset")
-    p.add_argument("--preset", default="seed", help="seed (stock vs fast layers) or a streaming preset")
+    p.add_argument("--preset", default="seed", choices=list(PRESETS),
+                   help="seed (stock vs fast layers) or a streaming preset")
     args = p.parse_args(argv)
-    from unetsep.train.model import preset
 
     if preset(args.preset).streaming:
         return stream_speed(args)
 
     import numpy as np
 
-    from unetsep.train.model import build_unet, compile_unet, preset
+    from unetsep.train.model import build_unet, compile_unet
 
     cfg = preset("seed", batch_size=args.batch_size)
     rng = np.random.default_rng(0)
@@ -82,7 +84,7 @@ def stream_speed(args) -> None:
     interleaved on in-memory segments; then the fast model fed by the real disk pipeline."""
     import numpy as np
 
-    from unetsep.train.model import build_unet, compile_unet, preset
+    from unetsep.train.model import build_unet, compile_unet
 
     cfg = preset(args.preset)
     rng = np.random.default_rng(0)

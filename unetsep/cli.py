@@ -681,8 +681,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # the command's own parser says it, so the line names `unetsep separate`, not `unetsep`
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # said by the parser whose flags they sit among: `unetsep separate` after the command
+        argv = sys.argv[1:] if argv is None else list(argv)
+        before = set(argv[:argv.index(args.command)])  # top-level flags take no values
+        own = parser if before & set(extra) else parser.commands[args.command]
+        own.error(f"unrecognized arguments: {' '.join(extra)}")
     # SIGTERM as Ctrl-C, for this command only: the handler before it is put back afterwards
     # (main may be called as a library function, and signal handlers belong to the main thread).
     previous = None
