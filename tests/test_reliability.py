@@ -107,23 +107,31 @@ def test_train_bad_data_never_imports_tensorflow(tmp_path):
 
 
 def test_tensorflow_start_up_lines_stay_off_the_terminal(dataset, tmp_path):
-    """An error found after TensorFlow is imported (a loss the preset cannot use) is still the only
-    line: the absl/oneDNN start-up lines that TF_CPP_MIN_LOG_LEVEL does not filter are kept away."""
-    proc = unetsep("train", "--data", dataset, "--preset", "seed", "--loss", "sdr", "--out",
+    """An error found after TensorFlow is imported (an --init file Keras cannot load) is still the
+    only line: the absl/oneDNN start-up lines that TF_CPP_MIN_LOG_LEVEL does not filter are kept
+    away."""
+    (tmp_path / "not.keras").write_text("not a model")
+    proc = unetsep("train", "--data", dataset, "--init", tmp_path / "not.keras", "--out",
                    tmp_path / "r", check=False, timeout=300)
-    one_line_error(proc.returncode, proc.stderr, "streaming preset")
+    one_line_error(proc.returncode, proc.stderr, "cannot be loaded as a Keras model")
 
 
-@pytest.mark.parametrize("flag,value", [("--preset", "huge"), ("--loss", "l2")])
-def test_unknown_preset_or_loss_is_refused_before_tensorflow(flag, value, tmp_path):
-    """The names come from train/config.py, which does not import TensorFlow: a typo costs no
-    5 s start-up, and the line lists the names there are."""
+@pytest.mark.parametrize("flags,words", [
+    (["--preset", "huge"], "invalid choice: 'huge'"), (["--loss", "l2"], "invalid choice: 'l2'"),
+    (["--loss", "sdr"], "use a streaming preset"),  # the seed preset scores frames, not segments
+    (["--lookahead", "64"], "--lookahead is for the streaming presets"),
+    (["--preset", "stream", "--lookahead", "30"], "whole number of hops"),
+    (["--target", "piano"], "unknown target 'piano'"),
+])
+def test_unfit_training_flags_are_refused_before_tensorflow(flags, words, tmp_path):
+    """train/config.py does not import TensorFlow: a wrong preset, loss, look-ahead or target
+    costs no 5 s start-up, and nothing is written."""
     code = ("import sys; from unetsep.cli import main; rc = main(sys.argv[1:]); "
             "assert 'tensorflow' not in sys.modules, 'tf imported'; sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, "train", "--data", str(tmp_path), flag, value,
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--data", str(tmp_path), *flags,
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, env=ENV,
                           timeout=120)
-    one_line_error(proc.returncode, proc.stderr, f"invalid choice: '{value}'")
+    one_line_error(proc.returncode, proc.stderr, words)
     assert not (tmp_path / "r").exists()
 
 

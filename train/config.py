@@ -108,3 +108,16 @@ def loss_settings(cfg: UNetConfig) -> dict:
                         "or --loss mae")
     return {"burn_in": cfg.burn_in if cfg.streaming else 0, "normalise": cfg.loss == "nmae",
             "sdr": cfg.loss == "sdr"}
+
+
+def training_config(name: str, **overrides) -> UNetConfig:
+    """The preset `name` with the command line's overrides, every combination `train` refuses
+    refused here (unknown preset, target or loss; a loss or look-ahead the preset cannot use; a
+    look-ahead of part of a hop): the CLI calls it before it loads TensorFlow."""
+    cfg = preset(name, **overrides)
+    loss_settings(cfg)
+    if cfg.lookahead and not cfg.streaming:
+        raise UserError(f"--lookahead is for the streaming presets; preset {cfg.preset!r} decides "
+                        f"each frame alone (use --preset stream)")
+    check_shape(cfg)
+    return cfg

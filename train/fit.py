@@ -28,8 +28,8 @@ from pathlib import Path
 
 from ..runtime.errors import UserError
 from ..runtime.files import write_atomic
-from .model import (SegmentLoss, UNetConfig, build_unet, check_shape, compile_unet, loss_settings,
-                    preset)
+from .config import training_config
+from .model import SegmentLoss, UNetConfig, build_unet, compile_unet, loss_settings
 
 CHECKPOINTS = "checkpoint"
 # zero_estimate: the loss of an all-zero estimate on the same data; a loss sitting there means the
@@ -358,13 +358,9 @@ def _train(data: str | Path, out: str | Path, target: str = "drums", preset_name
                           validation_segments)
 
     run = Path(out)
-    cfg = preset(preset_name, target=target, epochs=epochs, batch_size=batch_size, lr_final=lr_final,
-                 learning_rate=learning_rate, lookahead=lookahead, loss=loss)
-    loss_settings(cfg)  # an unknown or unfit --loss fails here, before anything is written
-    if cfg.lookahead and not cfg.streaming:
-        raise UserError(f"--lookahead is for the streaming presets; preset {cfg.preset!r} decides "
-                        f"each frame alone (use --preset stream)")
-    check_shape(cfg)
+    # An unknown or unfit --loss, --lookahead or --target fails here, before anything is written.
+    cfg = training_config(preset_name, target=target, epochs=epochs, batch_size=batch_size,
+                          lr_final=lr_final, learning_rate=learning_rate, lookahead=lookahead, loss=loss)
     if init is not None and not (run / "config.json").is_file():
         init_file(init)  # a new run: before its folder exists, a wrong --init leaves nothing behind
     # The CLI rejects these at parse time; callers of this function get the same guard, since

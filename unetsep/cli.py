@@ -116,7 +116,11 @@ def cmd_data(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from unetsep.runtime.files import check_folder_arg
 
+    from unetsep.train.config import training_config
+
     check_folder_arg(args.out, "--out")
+    # The preset with these flags, checked before TensorFlow loads (fit.train checks it again).
+    training_config(args.preset, target=args.target, lookahead=args.lookahead, loss=args.loss)
     _check_training_data(args.data, args.target)
     _quiet_tensorflow()
     from unetsep.train import fit
