@@ -96,6 +96,14 @@ def test_fit_then_finish_gives_a_run_that_exports(packed, tmp_path):
     assert cfg.batch_size == 2 and cfg.extra["fit"]["epochs"] == len(rows)
     packed_songs = json.loads((packed / "manifest.json").read_text())["songs"]
     assert cfg.extra["bundle"]["songs"] == len(packed_songs) > 0  # what it saw, not the config's data
+    # The top level describes this run; the `unetsep train` run it continues sits under "continues".
+    started = json.loads((packed / "config.json").read_text())
+    assert cfg.epochs == len(rows) and cfg.extra["seed"] == fit["seed"] and cfg.extra["steps_per_epoch"] == 1
+    assert cfg.extra["data"] == json.loads((packed / "manifest.json").read_text())["source"]
+    assert cfg.extra["train_tracks"] == len(packed_songs) and cfg.extra["trained_on"] == "train/fit_jax.py"
+    before = cfg.extra["continues"]
+    assert before["trained_on"] != "train/fit_jax.py" and before["epochs"] == started["epochs"]
+    assert before["train_tracks"] == started["extra"]["train_tracks"] and "continues" not in before
     assert (run / "loss.png").stat().st_size > 0 and (run / "history.csv").is_file()
     with np.load(out / "latest.npz") as trained:
         for got, k in zip(model.get_weights(), sorted(trained.files, key=lambda f: int(f[4:]))):

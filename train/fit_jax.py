@@ -32,6 +32,7 @@ import numpy as np
 
 from ..runtime.errors import UserError, cause_of
 from ..runtime.files import write_atomic, write_text_atomic
+from .config import UNetConfig
 
 CONFIG = "config.json"
 INIT = "init.npz"
@@ -50,8 +51,6 @@ def _read_npz(path: Path) -> list[np.ndarray]:
 
 def _config(path: Path, what: str):
     """The UNetConfig in `path`, which fit_jax trains only if it is a streaming preset."""
-    from .model import UNetConfig
-
     try:
         cfg = UNetConfig.from_json(Path(path).read_text())
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -321,6 +320,29 @@ def _plot(history: Path, png: Path) -> None:
     plt.close(fig)
 
 
+# What a config's extra says of the run that made it; `finish` moves the earlier run's under
+# "continues", so the top level describes this run alone.
+RUN_FIELDS = ("data", "trained_on", "seed", "steps_per_epoch", "strategy", "train_tracks", "valid_tracks",
+              "augment", "fit", "bundle", "continues")
+
+
+def finished_config(cfg: UNetConfig, fit: dict, seen: dict) -> UNetConfig:
+    """The bundle's config as the run `fit` (fit.json) made it from the songs `seen`: its batch,
+    rates, loss, epochs, seed and data at the top; what the model continues (the config it was packed
+    from, a run of `unetsep train` or an earlier fit) under extra["continues"]."""
+    before = {k: cfg.extra[k] for k in RUN_FIELDS if k in cfg.extra}
+    if before and not fit.get("scratch"):
+        before["epochs"] = cfg.epochs
+    rest = {k: v for k, v in cfg.extra.items() if k not in RUN_FIELDS}
+    extra = {**rest, "trained_on": "train/fit_jax.py", "data": seen.get("source"),
+             "train_tracks": seen.get("songs"), "seed": fit.get("seed"),
+             "steps_per_epoch": fit.get("steps_per_epoch"), "augment": True, "fit": fit, "bundle": seen,
+             **({"init": None} if fit.get("scratch") else {"continues": before} if before else {})}
+    return replace(cfg, batch_size=fit.get("batch_size", cfg.batch_size),
+                   learning_rate=fit.get("lr", cfg.learning_rate), lr_final=fit.get("lr_final", cfg.lr_final),
+                   loss=fit.get("loss", cfg.loss), epochs=fit.get("epochs", cfg.epochs), extra=extra)
+
+
 def finish_command(a) -> None:
     from . import bundle
     from .model import build_unet
@@ -333,11 +355,7 @@ def finish_command(a) -> None:
     fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
     # the songs it saw: as fit recorded them, else (a fit.json from before) this bundle's
     seen = fit.pop("bundle", None) or bundle.summary(bundle.read_manifest(folder))
-    cfg = replace(cfg, batch_size=fit.get("batch_size", cfg.batch_size),
-                  learning_rate=fit.get("lr", cfg.learning_rate),
-                  lr_final=fit.get("lr_final", cfg.lr_final), loss=fit.get("loss", cfg.loss),
-                  extra={**cfg.extra, "trained_on": "train/fit_jax.py", "fit": fit, "bundle": seen,
-                         **({"init": None} if fit.get("scratch") else {})})
+    cfg = finished_config(cfg, fit, seen)
     model = build_unet(cfg, stock_layers=True)
     _set_weights(model, _read_npz(Path(a.weights)), a.weights)
     out.mkdir(parents=True, exist_ok=True)
