@@ -148,6 +148,8 @@ def test_fit_killed_resumes_where_its_time_box_stood(packed, tmp_path):
     assert all(b <= a for a, b in zip(lrs, lrs[1:]))  # one cosine, not a restart at --lr
     fit = json.loads((out / "fit.json").read_text())
     assert fit["resumed_after_epochs"] == [len(before["rows"])] and fit["epochs"] == len(rows)
+    _, _, adam = _read_resume(out / "resume.npz")  # Adam counted every step, both starts
+    assert int(adam[0]) == int(rows[-1]["steps"]) > int(before["rows"][-1]["steps"])
     refused(*line, says="finished fit")
     other = [a if a != 1e-2 else 5e-3 for a in line]
     other[other.index(out)] = tmp_path / "other"

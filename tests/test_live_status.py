@@ -47,6 +47,28 @@ def test_callback_records_levels_and_status_reads_them():
     assert "p99" in line and "max" in line and "CPU" in line
 
 
+def test_each_mix_is_what_it_says():
+    """no-drums plays the input delayed by the model's latency less the estimate (what is left in
+    step with it), blend the estimate plus BLEND_REST of that; drums the estimate alone."""
+    from unetsep.runtime.backends import load_model
+    from unetsep.runtime.live import BLEND_REST, Live
+
+    model = load_model("default")
+    rng = np.random.default_rng(7)
+    blocks = [(rng.standard_normal((64, 2)) * 0.2).astype(np.float32) for _ in range(40)]
+    heard = {}
+    for mix in ("drums", "no-drums", "blend"):
+        live = Live(model, 2, 64, mix)
+        out = np.zeros((64, 2), np.float32)
+        heard[mix] = np.concatenate([live.callback(x, out, 64, None, 0) or out.copy() for x in blocks])
+    lat = live.engine.latency
+    est = heard["drums"]
+    assert lat > 0 and np.abs(est).max() > 1e-3
+    dry = np.concatenate([np.zeros((lat, 2), np.float32), *blocks])[:len(est)]
+    np.testing.assert_allclose(heard["no-drums"], dry - est, atol=1e-6)
+    np.testing.assert_allclose(heard["blend"], est + BLEND_REST * (dry - est), atol=1e-6)
+
+
 def test_bad_mix_is_one_line():
     proc = unetsep("live", "--mix", "no-bass", "--seconds", 1, check=False)
     assert proc.returncode == 2

@@ -133,6 +133,10 @@ def test_causal_and_delay_is_frame_plus_lookahead(tmp_path, lookahead):
     run = lambda a: np.concatenate([engine.process(a[i:i + FRAME])  # noqa: E731
                                     for i in range(0, len(a), FRAME)])
     y = run(x)
+    # One hop per call (T = 1) == one long call (the file path, which takes the delay out): the
+    # look-ahead's delay state carried across calls as within one.
+    lat = model.info.latency
+    assert np.abs(y).max() > 1e-3 and np.abs(y[lat:] - stream_blocks(model, x)[:len(y) - lat]).max() <= 1e-5
     for t in (1000, 1000 + 37, 5000 + 63):
         x2 = x.copy()
         x2[t:] += 0.5

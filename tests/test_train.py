@@ -64,6 +64,19 @@ def test_sigkill_then_same_command_resumes(dataset, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "model.keras").exists()
+    # Resumed with --epochs 2 there is nothing left to train: the model it writes is the one it
+    # loaded, which must be epoch 2's checkpoint (not fresh or --init weights under a resume message).
+    import keras
+    import numpy as np
+
+    from unetsep.train import model as _registers_the_layers  # noqa: F401
+
+    two = [*cmd[:cmd.index("--epochs") + 1], "2", *cmd[cmd.index("--epochs") + 2:]]
+    out = subprocess.run(two, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "after epoch 2" in out.stdout, out.stderr
+    want = keras.models.load_model(run / "checkpoint" / "epoch-0002.keras", compile=False).get_weights()
+    got = keras.models.load_model(run / "model.keras", compile=False).get_weights()
+    assert len(got) == len(want) > 0 and all(np.array_equal(a, b) for a, b in zip(got, want))
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "resuming" in out.stdout and "after epoch 2" in out.stdout
