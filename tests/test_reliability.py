@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ENV, unetsep
+from conftest import ENV, MACHINE, unetsep
 
 TEMP_SUFFIXES = (".tmp", ".old")
 
@@ -208,7 +208,7 @@ def test_export_names_a_damaged_model_keras(tiny_run, tmp_path):
 def test_live_without_an_audio_device(onnx):
     listing = unetsep("live", "-l", check=False)
     if listing.returncode == 0:
-        pytest.skip("this machine has an audio device (or a JACK server is running)")
+        pytest.skip(f"{MACHINE}it has an audio device (or a JACK server is running)")
     one_line_error(listing.returncode, listing.stderr, "no audio input or output device", "jackd -d dummy")
     proc = unetsep("live", "--model", onnx, "--seconds", 1, check=False)
     one_line_error(proc.returncode, proc.stderr, "no audio input or output device", "jackd -d dummy")
@@ -278,7 +278,7 @@ def test_full_disk_fails_each_file_cleanly(clip, song, onnx, tmp_path):
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)],
                            capture_output=True, text=True)
     if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mount.stderr.strip()})")
+        pytest.skip(f"{MACHINE}cannot mount a small tmpfs here ({mount.stderr.strip()})")
     try:
         proc = unetsep("separate", song, clip, "--model", onnx, "--provider", "cpu", "-o", disk / "out",
                        check=False)
