@@ -334,7 +334,8 @@ def finished_config(cfg: UNetConfig, fit: dict, seen: dict) -> UNetConfig:
     if before and not fit.get("scratch"):
         before["epochs"] = cfg.epochs
     rest = {k: v for k, v in cfg.extra.items() if k not in RUN_FIELDS}
-    extra = {**rest, "trained_on": "train/fit_jax.py", "data": seen.get("source"),
+    # (a bundle packed before manifests named their source: the data of the run it continues)
+    extra = {**rest, "trained_on": "train/fit_jax.py", "data": seen.get("source") or before.get("data"),
              "train_tracks": seen.get("songs"), "seed": fit.get("seed"),
              "steps_per_epoch": fit.get("steps_per_epoch"), "augment": True, "fit": fit, "bundle": seen,
              **({"init": None} if fit.get("scratch") else {"continues": before} if before else {})}
