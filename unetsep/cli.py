@@ -687,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the parser whose flags they sit among: `unetsep separate` after the command
         argv = sys.argv[1:] if argv is None else list(argv)
-        before = set(argv[:argv.index(args.command)])  # top-level flags take no values
+        at = argv.index(args.command) if args.command in argv else 0
+        before = set(argv[:at])  # top-level flags take no values
         own = parser if before & set(extra) else parser.commands[args.command]
         own.error(f"unrecognized arguments: {' '.join(extra)}")
     # SIGTERM as Ctrl-C, for this command only: the handler before it is put back afterwards
