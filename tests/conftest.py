@@ -18,17 +18,30 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 MACHINE = "this machine: "
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+STRICT = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _fail_a_skip(report) -> None:
     """Under CI=true any other skip is a failure: .ci/run installs jackd, LiteRT, ffmpeg and the
-    rest, so a test skipped there means something it needs broke, and must not read as a pass."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
+    rest, so a test (or a module, at collection) skipped there means something it needs broke, and
+    must not read as a pass."""
+    if report.skipped and STRICT and not hasattr(report, "wasxfail"):
         reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
         if MACHINE not in reason:
             report.outcome = "failed"
             report.longrepr = f"skipped under CI=true, where everything is installed: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_a_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_a_skip(outcome.get_result())
 
 
 def unetsep(*args: str, check: bool = True, timeout: float = 900, **kw) -> subprocess.CompletedProcess:

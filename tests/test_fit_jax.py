@@ -39,7 +39,7 @@ def packed(dataset, stream_run, tmp_path_factory):
 def test_pack_keeps_the_songs_within_quantisation(packed, dataset, stream_run):
     manifest, pairs = bundle.load(packed)
     assert manifest["bits"] == 9 and len(pairs) == len(manifest["songs"]) >= 2
-    assert (packed / "config.json").is_file() and manifest["source"] == str(dataset)
+    assert (packed / "config.json").is_file() and manifest["source"] == str(dataset.resolve())
     from unetsep.export.convert import load_run
 
     with np.load(packed / "init.npz") as init:  # the start weights are the --init run's
@@ -179,3 +179,28 @@ def test_bad_input_is_refused_in_one_line(tmp_path, packed, dataset, tiny_run, s
     refused("finish", "--bundle", packed, "--weights", wrong, "--out", tmp_path / "r",
             says="does not fit this model")
     assert not (tmp_path / "r" / "model.keras").exists()
+
+
+def test_finished_config_describes_its_run_and_keeps_the_one_it_continues(tmp_path, monkeypatch):
+    """finish's config: this fit at the top (batch, rates, loss, epochs, seed, its songs' folder as
+    an absolute path), the `unetsep train` run it continues whole under extra["continues"]."""
+    from dataclasses import replace
+
+    from unetsep.train.config import preset
+    from unetsep.train.fit_jax import finished_config
+
+    (tmp_path / "songs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    old = replace(preset("stream"), epochs=14, loss="nmae",
+                  extra={"data": "/old/data", "seed": 1, "train_tracks": 72, "trained_on": "real"})
+    fit = {"seed": 5, "epochs": 7, "steps_per_epoch": 50, "batch_size": 256, "lr": 2e-4, "loss": "sdr"}
+    cfg = finished_config(old, fit, {"songs": 3, "source": "songs"})  # relative, as pack was given
+    assert (cfg.batch_size, cfg.learning_rate, cfg.loss, cfg.epochs) == (256, 2e-4, "sdr", 7)
+    assert cfg.extra["data"] == str(tmp_path.resolve() / "songs") and cfg.extra["seed"] == 5
+    assert cfg.extra["continues"] == {"data": "/old/data", "seed": 1, "train_tracks": 72, "trained_on": "real",
+                                      "epochs": 14, "batch_size": 8, "learning_rate": 1e-3,
+                                      "lr_final": None, "loss": "nmae"}
+    gone = finished_config(old, fit, {"songs": 3, "source": "/no/such/folder"})
+    assert gone.extra["data"] == "/old/data"  # export checks against data it can read
+    scratch = finished_config(old, {**fit, "scratch": True}, {"songs": 3, "source": "songs"})
+    assert scratch.extra["init"] is None and "continues" not in scratch.extra

@@ -100,7 +100,7 @@ def pack_command(a) -> None:
     write_text_atomic(out / CONFIG, cfg.to_json())
     db = open_db(a.data, "train", "train", cfg.target, cfg.sample_rate)
     m = bundle.pack(db.tracks, cfg.target, out, a.seconds, a.bits, a.seed, budget, cfg.sample_rate,
-                    source=str(a.data))
+                    source=str(Path(a.data).resolve()))  # absolute: export reads it from anywhere
     print(f"{len(m['songs'])} songs x {a.seconds:g} s, {m['bytes'] / 1e6:.1f} MB of FLAC in {out}")
 
 
@@ -330,12 +330,18 @@ def finished_config(cfg: UNetConfig, fit: dict, seen: dict) -> UNetConfig:
     """The bundle's config as the run `fit` (fit.json) made it from the songs `seen`: its batch,
     rates, loss, epochs, seed and data at the top; what the model continues (the config it was packed
     from, a run of `unetsep train` or an earlier fit) under extra["continues"]."""
+    if not fit:  # a fit from before fit.json was written: what is known of it, beside the old run's
+        return replace(cfg, extra={**cfg.extra, "trained_on": "train/fit_jax.py", "fit": fit, "bundle": seen})
     before = {k: cfg.extra[k] for k in RUN_FIELDS if k in cfg.extra}
     if before and not fit.get("scratch"):
-        before["epochs"] = cfg.epochs
+        before.update(epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                      lr_final=cfg.lr_final, loss=cfg.loss)
     rest = {k: v for k, v in cfg.extra.items() if k not in RUN_FIELDS}
-    # (a bundle packed before manifests named their source: the data of the run it continues)
-    extra = {**rest, "trained_on": "train/fit_jax.py", "data": seen.get("source") or before.get("data"),
+    # The bundle's source where it is a folder here (a bundle packed before manifests named their
+    # source, or named it relative to another folder: the data of the run it continues).
+    source = seen.get("source")
+    data = str(Path(source).resolve()) if source and Path(source).is_dir() else before.get("data") or source
+    extra = {**rest, "trained_on": "train/fit_jax.py", "data": data,
              "train_tracks": seen.get("songs"), "seed": fit.get("seed"),
              "steps_per_epoch": fit.get("steps_per_epoch"), "augment": True, "fit": fit, "bundle": seen,
              **({"init": None} if fit.get("scratch") else {"continues": before} if before else {})}
