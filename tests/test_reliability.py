@@ -97,12 +97,17 @@ def test_train_steps_negative_fails_fast_in_a_real_process(dataset, tmp_path):
     assert time.perf_counter() - t < 30 and not (tmp_path / "r").exists()
 
 
+def main_without_tensorflow(*argv) -> subprocess.CompletedProcess:
+    """`unetsep ARGV` in a fresh process that fails if TensorFlow was imported by the time it ends."""
+    code = ("import sys; from unetsep.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules, 'tf imported'; sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+
+
 def test_train_bad_data_never_imports_tensorflow(tmp_path):
     (tmp_path / "empty").mkdir()
-    code = ("import sys; from unetsep.cli import main; rc = main(['train', '--data', sys.argv[1], "
-            "'--out', sys.argv[2]]); assert 'tensorflow' not in sys.modules, 'tf imported'; sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "empty"), str(tmp_path / "r")],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    proc = main_without_tensorflow("train", "--data", tmp_path / "empty", "--out", tmp_path / "r")
     one_line_error(proc.returncode, proc.stderr, "MUSDB")
 
 
@@ -126,11 +131,7 @@ def test_tensorflow_start_up_lines_stay_off_the_terminal(dataset, tmp_path):
 def test_unfit_training_flags_are_refused_before_tensorflow(flags, words, tmp_path):
     """train/config.py does not import TensorFlow: a wrong preset, loss, look-ahead or target
     costs no 5 s start-up, and nothing is written."""
-    code = ("import sys; from unetsep.cli import main; rc = main(sys.argv[1:]); "
-            "assert 'tensorflow' not in sys.modules, 'tf imported'; sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, "train", "--data", str(tmp_path), *flags,
-                           "--out", str(tmp_path / "r")], capture_output=True, text=True, env=ENV,
-                          timeout=120)
+    proc = main_without_tensorflow("train", "--data", tmp_path, *flags, "--out", tmp_path / "r")
     one_line_error(proc.returncode, proc.stderr, words)
     assert not (tmp_path / "r").exists()
 
